@@ -1,0 +1,136 @@
+"""Stage directories: atomic writes, a manifest written last, and safe replacement.
+
+A stage writes into ``<dir>.partial/`` and, once every file is there, writes ``manifest.json``
+and swaps the directory into place. So a crashed or interrupted stage never looks complete and
+never destroys the previous result, and a stage whose manifest carries the same fingerprint is a
+cache hit. Arrays are ``.npz`` read with ``allow_pickle=False``; tables are CSV; metadata JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distdd_nas.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of a complete stage directory, or None when absent or unreadable."""
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_complete(path: Path, fingerprint: str | None = None) -> bool:
+    """True when ``path`` holds a finished stage (optionally with this fingerprint)."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return False
+    return fingerprint is None or manifest.get("fingerprint") == fingerprint
+
+
+class StageWriter:
+    """Collects a stage's files in a ``.partial`` directory; see :func:`stage`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.path = tmp
+        self.files: list[str] = []
+
+    def file(self, name: str) -> Path:
+        """Path for a file written by other code (e.g. matplotlib) inside the stage."""
+        self.files.append(name)
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def json(self, name: str, data: Any) -> None:
+        self.file(name).write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable)
+                                   + "\n", encoding="utf-8")
+
+    def csv(self, name: str, frame: pd.DataFrame) -> None:
+        frame.to_csv(self.file(name), index=False)
+
+    def npz(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        with self.file(name).open("wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@contextmanager
+def stage(path: Path, *, fingerprint: str, meta: Mapping[str, Any] | None = None) -> Iterator[StageWriter]:
+    """Write a stage atomically: files go to ``path.partial``; on success the manifest is written
+    last and the directory replaces ``path``. On any exception the partial directory is removed
+    and whatever ``path`` held before is left untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    writer = StageWriter(tmp)
+    try:
+        yield writer
+        writer.json(MANIFEST, {
+            "fingerprint": fingerprint,
+            "files": sorted(set(writer.files) - {MANIFEST}),
+            "completed_unix": time.time(),
+            **(dict(meta) if meta else {}),
+        })
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` without pickle; a corrupt file raises ArtifactError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing; re-run the stage that writes it") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ArtifactError(
+            f"{path} is corrupt ({type(err).__name__}); delete its stage directory and re-run"
+        ) from None
+
+
+def load_json(path: Path) -> Any:
+    """Load a JSON artifact; missing or corrupt → ArtifactError with the fix."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing; re-run the stage that writes it") from None
+    except (OSError, ValueError) as err:
+        raise ArtifactError(
+            f"{path} is corrupt ({type(err).__name__}); delete its stage directory and re-run"
+        ) from None

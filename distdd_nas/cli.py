@@ -1,0 +1,156 @@
+"""``distdd-nas`` command line: one subcommand per stage, plus ``run`` and ``inspect``.
+
+This is the only place that exits: every :class:`~distdd_nas.errors.DistddError` becomes one line
+on stderr and exit code 2; argument errors too. Progress bars live here, not in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from distdd_nas.config import StudyConfig, load_config
+from distdd_nas.errors import DistddError
+
+PROG = "distdd-nas"
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (problem and fix) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _progress(desc: str) -> Any:
+    """A tqdm-backed progress callback (hidden when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="step", disable=None, leave=False, dynamic_ncols=True)
+
+    def update(done: int, total: int, info: dict[str, float]) -> None:
+        bar.total = total
+        bar.n = done
+        shown = {k: f"{v:.4g}" for k, v in info.items() if k in _SHOWN}
+        bar.set_postfix(shown, refresh=False)
+        bar.refresh()
+
+    update.close = bar.close  # type: ignore[attr-defined]
+    return update
+
+
+_SHOWN = ("test_accuracy", "match_loss", "train_loss", "value", "best")
+
+
+def _load(args: argparse.Namespace) -> tuple[StudyConfig, Path]:
+    config = load_config(args.study, args.set or ())
+    out = Path(args.out) if args.out else Path("runs") / config.study.name
+    return config, out
+
+
+def _print_summary(title: str, summary: dict[str, Any], keys: Sequence[str], where: Path) -> None:
+    print(f"{title} → {where}")
+    for key in keys:
+        if key in summary:
+            value = summary[key]
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            print(f"  {key:<24} {text}")
+
+
+def cmd_partition(args: argparse.Namespace) -> None:
+    from distdd_nas.pipeline import run_partition
+
+    config, out = _load(args)
+    outcome = run_partition(config, out)
+    _print_summary("partition", outcome.summary, (
+        "dataset", "method", "num_clients", "train_examples", "client_size_min",
+        "client_size_max", "classes_per_client_mean", "noisy_clients", "labels_changed",
+    ), outcome.path)
+
+
+def cmd_fedavg(args: argparse.Namespace) -> None:
+    from distdd_nas.pipeline import run_fedavg_stage
+
+    config, out = _load(args)
+    bar = _progress("fedavg")
+    try:
+        outcome = run_fedavg_stage(config, out, progress=bar)
+    finally:
+        bar.close()
+    _print_summary("fedavg", outcome.summary, (
+        "test_accuracy", "rounds", "num_clients", "model", "num_parameters", "bytes_up",
+        "bytes_down", "wall_s",
+    ), outcome.path)
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from distdd_nas.pipeline import inspect_run
+
+    info = inspect_run(Path(args.dir))
+    print(f"run {args.dir}: study {info['study']} (config {info['fingerprint']})")
+    if not info["stages"]:
+        print("  no stage has run yet")
+    for name, stage in info["stages"].items():
+        state = "complete" if stage["complete"] else "INCOMPLETE (re-run the stage)"
+        print(f"  {name:<10} {state}")
+        for key, value in (stage["summary"] or {}).items():
+            if isinstance(value, int | float | str) and not isinstance(value, bool):
+                text = f"{value:.4f}" if isinstance(value, float) else str(value)
+                print(f"    {key:<28} {text}")
+
+
+def _add_study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study file, e.g. studies/smoke.toml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value (TOML literal), e.g. --set fedavg.rounds=5")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<study name>)")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "partition": (cmd_partition, "partition the data over clients and write class-count tables"),
+    "fedavg": (cmd_fedavg, "train the reference model with FedAvg on the clients"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="DistDD-based architecture search for federated learning")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_study_args(p)
+        p.set_defaults(func=fn)
+    p = sub.add_parser("inspect", help="summarise a run directory",
+                       description="summarise a run directory: stages, completion, key figures")
+    p.add_argument("dir", help="run directory, e.g. runs/smoke")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or an argument error (2, already printed)
+        return int(stop.code or 0)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except DistddError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; completed stages are kept, re-run to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

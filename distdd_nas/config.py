@@ -1,0 +1,266 @@
+"""The study configuration: a frozen, validated tree loaded from TOML plus ``--set`` overrides.
+
+A study file (``studies/*.toml``) overrides code defaults only where it differs from them.
+``--set a.b=value`` parses ``value`` as a TOML literal (``3``, ``0.1``, ``true``, ``"x"``,
+``[1, 2]``), falling back to a bare string. Unknown keys and wrong types are rejected with their
+dotted path. :func:`fingerprint` hashes the sections a stage depends on, which is how stage
+directories are content-addressed (see :mod:`distdd_nas.artifacts`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distdd_nas.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudySection(Section):
+    """Identity of the study; ``seed`` is the root of every random stream."""
+
+    name: str = "study"
+    seed: int = Field(default=0, ge=0)
+    description: str = ""
+
+
+class DataSection(Section):
+    """Which dataset, where it lives, and how to split off a test set where it has none."""
+
+    name: Literal["digits", "fashion_mnist", "mnist", "cifar10", "svhn"] = "digits"
+    root: str | None = None
+    download: bool = False
+    test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    max_train: int | None = Field(default=None, ge=10)
+
+
+class PartitionSection(Section):
+    """How the training set is spread over clients (non-iid is first-class)."""
+
+    method: Literal["iid", "dirichlet", "shards", "quantity"] = "dirichlet"
+    num_clients: int = Field(default=10, ge=1)
+    alpha: float = Field(default=0.5, gt=0.0)
+    min_size: int = Field(default=10, ge=1)
+    classes_per_client: int = Field(default=2, ge=1)
+    holdout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class NoiseSection(Section):
+    """Mislabeled clients: ``client_fraction`` of the clients get ``rate`` of labels flipped."""
+
+    kind: Literal["none", "symmetric", "pair"] = "none"
+    rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    client_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class ModelSection(Section):
+    """The reference architecture (fields of :class:`distdd_nas.models.ArchSpec`)."""
+
+    family: Literal["convnet", "mlp", "lenet"] = "convnet"
+    depth: int = Field(default=3, ge=1)
+    width: int = Field(default=128, ge=1)
+    act: Literal["relu", "leakyrelu", "sigmoid"] = "relu"
+    norm: Literal["none", "batch", "layer", "instance", "group"] = "instance"
+    pool: Literal["none", "max", "avg"] = "avg"
+    hidden: int = Field(default=128, ge=1)
+
+
+class FederationSection(Section):
+    """The engine that carries every payload, and client sampling."""
+
+    engine: Literal["inprocess", "flower"] = "inprocess"
+    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    failure_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    flower_backend: Literal["simulation", "deployment"] = "simulation"
+
+
+class FedAvgSection(Section):
+    """FedAvg (FedProx when ``prox_mu`` > 0) on the engine."""
+
+    rounds: int = Field(default=20, ge=1)
+    local_epochs: int = Field(default=1, ge=1)
+    local_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    server_lr: float = Field(default=1.0, gt=0.0)
+    prox_mu: float = Field(default=0.0, ge=0.0)
+    aggregator: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim: float = Field(default=0.1, ge=0.0, lt=0.5)
+    eval_every: int = Field(default=1, ge=1)
+
+
+class EvalSection(Section):
+    """DC's evaluation protocol: fresh nets trained on the synthetic set, mean ± std accuracy."""
+
+    num_models: int = Field(default=3, ge=1)
+    epochs: int = Field(default=300, ge=1)
+    lr: float = Field(default=0.01, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    batch_size: int = Field(default=256, ge=1)
+
+
+class DistillSection(Section):
+    """DistDD: federated gradient matching (see ../shared/distdd-notes.md for the defaults)."""
+
+    ipc: int = Field(default=10, ge=1)
+    iterations: int = Field(default=100, ge=1)
+    outer_loop: int | None = Field(default=None, ge=1)
+    inner_loop: int | None = Field(default=None, ge=0)
+    batch_real: int = Field(default=64, ge=1)
+    batch_mode: Literal["proportional", "per_client"] = "proportional"
+    batch_syn: int = Field(default=256, ge=1)
+    lr_img: float = Field(default=0.1, gt=0.0)
+    momentum_img: float = Field(default=0.5, ge=0.0, lt=1.0)
+    lr_net: float = Field(default=0.01, gt=0.0)
+    distance: Literal["layerwise_cosine", "mse", "cosine"] = "layerwise_cosine"
+    net_update: Literal["synthetic", "global_grad"] = "synthetic"
+    init: Literal["noise", "client_mean"] = "noise"
+    aggregator: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim: float = Field(default=0.1, ge=0.0, lt=0.5)
+    eval_every: int = Field(default=0, ge=0)
+    centralized_reference: bool = False
+    eval: EvalSection = EvalSection()
+
+
+class SearchSection(Section):
+    """Proxy search on the distilled set."""
+
+    backend: Literal["optuna", "nni"] = "optuna"
+    space: str = "convnet720"
+    n_trials: int = Field(default=30, ge=1)
+    sampler: Literal["tpe", "random", "grid", "cmaes", "gp"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "none"
+    storage: str | None = None
+    scoring: Literal["federated", "server_holdout"] = "federated"
+    epochs: int = Field(default=100, ge=1)
+    lr: float = Field(default=0.01, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    batch_size: int = Field(default=256, ge=1)
+    seeds_per_trial: int = Field(default=1, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0.0)
+
+
+class ValidateSection(Section):
+    """Real FedAvg on the top-k proxy candidates plus seeded random controls."""
+
+    top_k: int = Field(default=5, ge=1)
+    n_random: int = Field(default=3, ge=0)
+
+
+class StudyConfig(Section):
+    """The whole study. Every section has defaults; a study file overrides what differs."""
+
+    study: StudySection = StudySection()
+    data: DataSection = DataSection()
+    partition: PartitionSection = PartitionSection()
+    noise: NoiseSection = NoiseSection()
+    model: ModelSection = ModelSection()
+    federation: FederationSection = FederationSection()
+    fedavg: FedAvgSection = FedAvgSection()
+    distill: DistillSection = DistillSection()
+    search: SearchSection = SearchSection()
+    validate_: ValidateSection = Field(default=ValidateSection(), alias="validate")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> StudyConfig:
+        if self.noise.kind != "none" and (self.noise.rate == 0 or self.noise.client_fraction == 0):
+            raise ValueError(
+                "noise.kind is set but noise.rate or noise.client_fraction is 0; set both > 0 "
+                'or use noise.kind = "none"'
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (section ``validate`` under its public name)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value`` into (["a", "b"], value) with TOML literal semantics."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override {text!r}; write --set section.key=value (e.g. fedavg.rounds=5)")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words (e.g. data.name=mnist) are strings
+    return key.split("."), value
+
+
+def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {where!r}; check the spelling against the defaults in config.py"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{where}: {first['msg']}{shown}"
+
+
+def from_dict(data: Mapping[str, Any], *, source: str = "config") -> StudyConfig:
+    """Validate a plain mapping into a :class:`StudyConfig`; errors name the dotted key."""
+    try:
+        return StudyConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_describe(err)}; fix the study file or the --set override") from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read a study TOML, apply ``--set`` overrides, validate.
+
+    The study name defaults to the file's stem when the file does not set ``study.name``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {str(path)!r} not found; pass a path such as studies/smoke.toml")
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax") from None
+    tree.setdefault("study", {}).setdefault("name", path.stem)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(tree, keys, value)
+    return from_dict(tree, source=str(path))
+
+
+def fingerprint(config: StudyConfig, sections: Iterable[str] | None = None, *, extra: Any = None) -> str:
+    """Short content hash of the named sections (all when None) plus optional extra data."""
+    full = config.to_dict()
+    chosen = full if sections is None else {name: full[name] for name in sections}
+    payload = json.dumps({"config": chosen, "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

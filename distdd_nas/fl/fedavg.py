@@ -1,0 +1,166 @@
+"""FedAvg (and FedProx) written once against the :class:`~distdd_nas.federation.Engine` protocol.
+
+A round is Flower's configure → fit → aggregate: select clients and build one ``local_train``
+message each (configure), let the engine deliver them (fit), drop non-finite replies, aggregate
+the weights with the chosen aggregator weighted by example counts, and move the global model by
+``server_lr`` towards the aggregate (aggregate). The server then evaluates on its test set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from distdd_nas.data import ImageDataset
+from distdd_nas.errors import EngineError
+from distdd_nas.federation import Engine, Message, drop_non_finite, get_aggregator, select_clients
+from distdd_nas.fl.tasks import train_config
+from distdd_nas.models import ArchSpec, build_model, get_parameters, set_parameters
+from distdd_nas.seeding import derive_seed
+from distdd_nas.training import TrainSettings, evaluate_model
+
+log = logging.getLogger(__name__)
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FedAvgSettings:
+    """Everything the FedAvg server decides (a subset of :class:`config.FedAvgSection`)."""
+
+    rounds: int = 20
+    local: TrainSettings = TrainSettings()
+    server_lr: float = 1.0
+    prox_mu: float = 0.0
+    fraction: float = 1.0
+    aggregator: str = "mean"
+    trim: float = 0.1
+    eval_every: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class FedAvgResult:
+    """Final global model and the per-round history (one row per round)."""
+
+    parameters: Params
+    history: pd.DataFrame
+    test_accuracy: float
+    test_loss: float
+    rounds: int
+    wall_s: float
+
+    def __repr__(self) -> str:
+        return (
+            f"FedAvgResult(rounds={self.rounds}, test_accuracy={self.test_accuracy:.4f}, "
+            f"wall_s={self.wall_s:.1f})"
+        )
+
+
+def server_update(global_params: Params, aggregate: Params, *, server_lr: float) -> Params:
+    """w ← w + η_s (w_agg − w); η_s = 1 is plain FedAvg. Integer buffers take the aggregate."""
+    out: Params = {}
+    for key, old in global_params.items():
+        new = aggregate[key]
+        if old.dtype.kind != "f":
+            out[key] = np.asarray(np.rint(new), dtype=old.dtype)
+        else:
+            out[key] = (old + server_lr * (new.astype(old.dtype) - old)).astype(old.dtype)
+    return out
+
+
+def run_fedavg(
+    engine: Engine,
+    *,
+    arch: ArchSpec,
+    test: ImageDataset,
+    settings: FedAvgSettings,
+    seed: int,
+    initial: Params | None = None,
+    on_round: Callable[[dict[str, float]], None] | None = None,
+) -> FedAvgResult:
+    """Train ``arch`` with FedAvg over ``engine``; evaluate on the server's ``test`` set.
+
+    The initial model is seeded from ``seed`` unless ``initial`` is given. ``on_round`` receives
+    each history row (used for progress bars and pruning).
+    """
+    start = time.perf_counter()
+    model = build_model(
+        arch,
+        input_shape=test.input_shape,
+        num_classes=test.num_classes,
+        seed=derive_seed(seed, "fedavg", "init"),
+    )
+    params: Params = dict(initial) if initial is not None else get_parameters(model)
+    aggregate = get_aggregator(settings.aggregator, trim=settings.trim)
+    rows: list[dict[str, float]] = []
+    loss, acc = float("nan"), float("nan")
+    for rnd in range(1, settings.rounds + 1):
+        selected = select_clients(
+            num_clients=engine.num_clients, fraction=settings.fraction, seed=seed, round=rnd
+        )
+        config = train_config(
+            settings.local,
+            arch=arch,
+            seed=derive_seed(seed, "fedavg", "round", rnd),
+            prox_mu=settings.prox_mu,
+        )
+        replies = engine.run_round(
+            "local_train", {cid: Message(arrays=params, config=config) for cid in selected},
+            round=rnd,
+        )
+        finite, rejected = drop_non_finite(
+            {cid: r.arrays for cid, r in replies.items()}, what="model update"
+        )
+        if finite:
+            weights = [float(replies[cid].config["num_examples"]) for cid in finite]
+            params = server_update(
+                params, aggregate(list(finite.values()), weights), server_lr=settings.server_lr
+            )
+        else:
+            log.warning("round %d: no usable client update; global model unchanged", rnd)
+        if rnd % settings.eval_every == 0 or rnd == settings.rounds:
+            set_parameters(model, params)
+            loss, acc, _ = evaluate_model(model, test.images, test.labels)
+        train_losses = [float(replies[c].config["train_loss"]) for c in finite]
+        row = {
+            "round": float(rnd),
+            "clients": float(len(selected)),
+            "replies": float(len(replies)),
+            "rejected": float(len(rejected)),
+            "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
+            "test_loss": loss,
+            "test_accuracy": acc,
+            "bytes_up": float(engine.ledger.bytes_up),
+            "bytes_down": float(engine.ledger.bytes_down),
+            "wall_s": time.perf_counter() - start,
+        }
+        rows.append(row)
+        if on_round is not None:
+            on_round(row)
+    if not rows:
+        raise EngineError("FedAvg ran no round; set fedavg.rounds >= 1")
+    history = pd.DataFrame(rows).astype({"round": int, "clients": int, "replies": int,
+                                         "rejected": int})
+    return FedAvgResult(
+        parameters=params,
+        history=history,
+        test_accuracy=acc,
+        test_loss=loss,
+        rounds=settings.rounds,
+        wall_s=time.perf_counter() - start,
+    )
+
+
+def evaluate_parameters(arch: ArchSpec, params: Params, test: ImageDataset) -> tuple[float, float]:
+    """(loss, accuracy) of given global parameters on a server-side test set."""
+    model = build_model(arch, input_shape=test.input_shape, num_classes=test.num_classes)
+    set_parameters(model, params)
+    with torch.no_grad():
+        loss, acc, _ = evaluate_model(model, test.images, test.labels)
+    return loss, acc

@@ -1,0 +1,106 @@
+"""Plain supervised training and evaluation of a model on in-memory tensors.
+
+One implementation serves every place that trains a network on a set of images: a client's local
+FedAvg epochs, DC's evaluation of a synthetic set, the proxy objective of a search trial and the
+random-real-subset baseline. Every shuffle draws from an explicit generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """SGD settings. ``decay_at_half`` multiplies the lr by 0.1 at half the epochs (DC's schedule)."""
+
+    epochs: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    max_steps: int | None = None
+    decay_at_half: bool = False
+
+
+def train_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    prox_center: Mapping[str, torch.Tensor] | None = None,
+    prox_mu: float = 0.0,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> float:
+    """Train in place with mini-batch SGD; return the mean training loss of the last epoch.
+
+    ``prox_center``/``prox_mu`` add FedProx's proximal term μ/2·‖w − w_global‖². ``on_epoch``
+    is called after each epoch with (epoch index, model); it may raise to stop early (pruning).
+    ``max_steps`` caps the number of optimiser steps over all epochs (local_steps in FedAvg).
+    """
+    n = int(labels.shape[0])
+    if n == 0:
+        return float("nan")
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    half = settings.epochs // 2
+    steps = 0
+    last_loss = float("nan")
+    model.train()
+    for epoch in range(settings.epochs):
+        if settings.decay_at_half and epoch == half and half > 0:
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * 0.1
+        order = torch.randperm(n, generator=generator)
+        total, count = 0.0, 0
+        for start in range(0, n, settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            out = model(images[idx])
+            loss = F.cross_entropy(out, labels[idx])
+            if prox_center is not None and prox_mu > 0:
+                prox = sum(
+                    ((p - prox_center[name]) ** 2).sum() for name, p in model.named_parameters()
+                )
+                loss = loss + 0.5 * prox_mu * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            steps += 1
+            if settings.max_steps is not None and steps >= settings.max_steps:
+                return total / count
+        last_loss = total / count
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+    return last_loss
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1024
+) -> tuple[float, float, int]:
+    """Return (mean cross-entropy, accuracy, number of examples) in eval mode."""
+    n = int(labels.shape[0])
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        out = model(x)
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(dim=1) == y).sum())
+    model.train()
+    return loss_sum / n, correct / n, n

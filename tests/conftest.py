@@ -1,0 +1,31 @@
+"""Shared fixtures: small real data (scikit-learn digits) and study configs built in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distdd_nas.config import StudyConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "studies" / "smoke.toml"
+
+
+@pytest.fixture(autouse=True)
+def _flower_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Flower must never phone home or install packages from tests."""
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+@pytest.fixture
+def smoke_config() -> StudyConfig:
+    """The smoke study as shipped."""
+    return load_config(SMOKE)
+
+
+def smoke(*overrides: str) -> StudyConfig:
+    """The smoke study with ``--set`` style overrides."""
+    return load_config(SMOKE, overrides)

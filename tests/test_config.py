@@ -1,0 +1,80 @@
+"""Config loading: defaults, overrides as TOML literals, errors with dotted paths, fingerprints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distdd_nas.config import fingerprint, load_config, parse_override
+from distdd_nas.errors import ConfigError
+from tests.conftest import SMOKE, smoke
+
+
+def test_study_file_overrides_only_what_differs() -> None:
+    config = smoke()
+    assert config.study.name == "smoke"  # from the file stem
+    assert config.data.name == "digits"
+    assert config.partition.num_clients == 4
+    assert config.fedavg.momentum == 0.9  # code default, not in the file
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "value"),
+    [
+        ("fedavg.rounds=5", ["fedavg", "rounds"], 5),
+        ("fedavg.lr=1e-3", ["fedavg", "lr"], 0.001),
+        ("data.download=true", ["data", "download"], True),
+        ("data.name=mnist", ["data", "name"], "mnist"),
+        ('data.root="/tmp/x y"', ["data", "root"], "/tmp/x y"),
+        ("a.b.c=[1, 2]", ["a", "b", "c"], [1, 2]),
+    ],
+)
+def test_parse_override_uses_toml_literals(text: str, keys: list[str], value: object) -> None:
+    assert parse_override(text) == (keys, value)
+
+
+def test_overrides_apply_and_change_the_fingerprint() -> None:
+    base = smoke()
+    changed = smoke("fedavg.rounds=3")
+    assert changed.fedavg.rounds == 3
+    assert fingerprint(base) != fingerprint(changed)
+    assert fingerprint(base, ["data", "partition"]) == fingerprint(changed, ["data", "partition"])
+
+
+def test_config_is_frozen() -> None:
+    config = smoke()
+    with pytest.raises(Exception, match="frozen"):
+        config.fedavg.rounds = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("partition.alfa=1", r"unknown key 'partition.alfa'"),
+        ("fedavg.rounds=zero", r"fedavg.rounds: Input should be a valid integer.*'zero'"),
+        ("partition.alpha=-1", r"partition.alpha: Input should be greater than 0"),
+        ("data.name=imagenet", r"data.name: Input should be 'digits'"),
+        ("bogus.key=1", r"unknown key 'bogus'"),
+        ("noise.kind=symmetric", r"noise.kind is set but noise.rate or noise.client_fraction is 0"),
+        ("fedavg.rounds", r"bad override 'fedavg.rounds'; write --set section.key=value"),
+    ],
+)
+def test_bad_values_name_the_dotted_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        smoke(override)
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="study file '.*nope.toml' not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\nname=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_every_shipped_study_validates() -> None:
+    for path in sorted(SMOKE.parent.glob("*.toml")):
+        config = load_config(path)
+        assert config.study.name == path.stem or config.study.name
