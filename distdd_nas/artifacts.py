@@ -80,6 +80,43 @@ def _jsonable(value: Any) -> Any:
 
 
 @contextmanager
+def stage_in_place(
+    path: Path, *, fingerprint: str, meta: Mapping[str, Any] | None = None
+) -> Iterator[StageWriter]:
+    """For stages whose directory must persist across runs (a search's Optuna database): the
+    manifest is removed first and written last; each file is replaced atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MANIFEST).unlink(missing_ok=True)
+    tmp = path / ".partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    writer = StageWriter(tmp)
+    try:
+        yield writer
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for name in writer.files:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / name, path / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_manifest(path, fingerprint, writer.files, meta)
+
+
+def _write_manifest(
+    path: Path, fingerprint: str, files: list[str], meta: Mapping[str, Any] | None
+) -> None:
+    data = {"fingerprint": fingerprint, "files": sorted(set(files) - {MANIFEST}),
+            "completed_unix": time.time(), **(dict(meta) if meta else {})}
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, path / MANIFEST)
+
+
+@contextmanager
 def stage(path: Path, *, fingerprint: str, meta: Mapping[str, Any] | None = None) -> Iterator[StageWriter]:
     """Write a stage atomically: files go to ``path.partial``; on success the manifest is written
     last and the directory replaces ``path``. On any exception the partial directory is removed
@@ -93,12 +130,7 @@ def stage(path: Path, *, fingerprint: str, meta: Mapping[str, Any] | None = None
     writer = StageWriter(tmp)
     try:
         yield writer
-        writer.json(MANIFEST, {
-            "fingerprint": fingerprint,
-            "files": sorted(set(writer.files) - {MANIFEST}),
-            "completed_unix": time.time(),
-            **(dict(meta) if meta else {}),
-        })
+        _write_manifest(tmp, fingerprint, writer.files, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -87,6 +87,77 @@ def cmd_fedavg(args: argparse.Namespace) -> None:
     ), outcome.path)
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    from distdd_nas.pipeline import run_distill_stage
+
+    config, out = _load(args)
+    bar = _progress("distill")
+    try:
+        outcome = run_distill_stage(config, out, cache=Path(args.cache), progress=bar)
+    finally:
+        bar.close()
+    _print_summary("distill", outcome.summary, (
+        "test_accuracy_mean", "test_accuracy_std", "random_real_accuracy_mean", "ipc",
+        "iterations", "num_clients", "bytes_up", "bytes_down", "cache_hit", "artifact", "wall_s",
+    ), outcome.path)
+
+
+def _staged(name: str, fn_name: str, keys: Sequence[str], *, cache: bool = True,
+            bar: bool = True) -> Callable[[argparse.Namespace], None]:
+    """A subcommand that runs one pipeline stage function and prints its summary."""
+
+    def command(args: argparse.Namespace) -> None:
+        from distdd_nas import pipeline
+
+        config, out = _load(args)
+        fn = getattr(pipeline, fn_name)
+        kwargs: dict[str, Any] = {"cache": Path(args.cache)} if cache else {}
+        progress = _progress(name) if bar else None
+        if progress is not None:
+            kwargs["progress"] = progress
+        try:
+            outcome = fn(config, out, **kwargs)
+        finally:
+            if progress is not None:
+                progress.close()
+        _print_summary(name, outcome.summary, keys, outcome.path)
+
+    return command
+
+
+cmd_search = _staged("search", "run_search_stage", (
+    "backend", "space", "n_trials", "best_value", "bytes_down", "storage", "wall_s"))
+cmd_validate = _staged("validate", "run_validate_stage", (
+    "n_validated", "kendall_tau", "spearman_rho", "top1_regret", "topk_overlap",
+    "best_fedavg_accuracy", "wall_s"), cache=False)
+cmd_report = _staged("report", "run_report_stage", (
+    "kendall_tau", "spearman_rho", "top1_regret", "n_trials", "n_validated",
+    "bytes_distdd_total", "bytes_fedavg_nas_total", "comm_ratio", "break_even_candidates"),
+    bar=False)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from distdd_nas.pipeline import run_all
+
+    config, out = _load(args)
+    bars: list[Any] = []
+
+    def progress(name: str) -> Any:
+        bars.append(_progress(name))
+        return bars[-1]
+
+    try:
+        outcome = run_all(config, out, cache=Path(args.cache), progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    _print_summary("report", outcome.summary, (
+        "kendall_tau", "spearman_rho", "top1_regret", "n_trials", "n_validated",
+        "distilled_accuracy", "random_real_accuracy", "bytes_distdd_total",
+        "bytes_fedavg_nas_total", "comm_ratio", "break_even_candidates"), outcome.path)
+    print(f"report: {outcome.path / 'report.md'}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     from distdd_nas.pipeline import inspect_run
 
@@ -108,11 +179,18 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value (TOML literal), e.g. --set fedavg.rounds=5")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<study name>)")
+    p.add_argument("--cache", metavar="DIR", default="artifacts",
+                   help="content-addressed cache of distilled sets (default: artifacts)")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "partition": (cmd_partition, "partition the data over clients and write class-count tables"),
     "fedavg": (cmd_fedavg, "train the reference model with FedAvg on the clients"),
+    "distill": (cmd_distill, "distil one global synthetic set from federated class gradients"),
+    "search": (cmd_search, "search architectures/hyper-parameters on the distilled set"),
+    "validate": (cmd_validate, "train the proxy's top-k and random controls with real FedAvg"),
+    "report": (cmd_report, "write report.md, summary.json, tables and plots"),
+    "run": (cmd_run, "every stage: distill → search → validate → report (cached stages reused)"),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,19 +22,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from distdd_nas.artifacts import is_complete, load_npz, read_manifest, stage
+from distdd_nas.artifacts import (
+    is_complete,
+    load_json,
+    load_npz,
+    read_manifest,
+    stage,
+    stage_in_place,
+)
 from distdd_nas.config import StudyConfig, fingerprint
 from distdd_nas.data import ImageDataset
-from distdd_nas.distill.evaluate import evaluate_synthetic, random_real_subset
-from distdd_nas.distill.loop import run_distill
-from distdd_nas.distill.result import DistilledSet
-from distdd_nas.errors import ArtifactError
+from distdd_nas.distill import DistilledSet, evaluate_synthetic, random_real_subset, run_distill
+from distdd_nas.errors import ArtifactError, ConfigError
 from distdd_nas.federation import Engine, InProcessEngine
 from distdd_nas.federation.registry import default_tasks
 from distdd_nas.federation.setup import Federation, build_federation
 from distdd_nas.fl.fedavg import FedAvgSettings, run_fedavg
 from distdd_nas.models import ArchSpec, build_model, count_parameters
-from distdd_nas.report.plots import image_grid_figure
+from distdd_nas.report.metrics import (
+    CostComparison,
+    kendall_tau,
+    spearman_rho,
+    top1_regret,
+    topk_overlap,
+)
+from distdd_nas.report.plots import (
+    bars_figure,
+    history_figure,
+    image_grid_figure,
+    scatter_figure,
+)
+from distdd_nas.report.tables import markdown_table
+from distdd_nas.search.backends import SearchBackend
+from distdd_nas.search.candidate import Candidate
+from distdd_nas.search.objective import ProxyScorer, Reporter, server_holdout
+from distdd_nas.search.optuna_backend import OptunaBackend
+from distdd_nas.search.ranking import rank_trials, select_for_validation
+from distdd_nas.search.space import SearchSpace
 from distdd_nas.seeding import derive_seed
 from distdd_nas.training import TrainSettings
 
@@ -342,8 +366,6 @@ def inspect_run(out: Path) -> dict[str, Any]:
             f"{out} is not a run directory (no config.json); pass the --out DIR of a run, "
             "e.g. runs/smoke"
         )
-    from distdd_nas.artifacts import load_json
-
     config = load_json(config_path)
     stages: dict[str, Any] = {}
     for name in STAGES:
@@ -355,3 +377,368 @@ def inspect_run(out: Path) -> dict[str, Any]:
         stages[name] = {"complete": complete, "summary": summary}
     return {"study": config.get("study", {}).get("name"), "fingerprint": config.get("fingerprint"),
             "stages": stages}
+
+
+# --------------------------------------------------------------------------------------------
+# search
+# --------------------------------------------------------------------------------------------
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+#: Search settings that define *which* study a trial belongs to (not how many trials to run).
+SEARCH_IDENTITY = ("space", "scoring", "epochs", "lr", "momentum", "weight_decay", "batch_size",
+                   "sampler", "pruner", "backend")
+
+
+def load_space(config: StudyConfig) -> SearchSpace:
+    """The study's search space: a path, or a name under ``search_spaces/``."""
+    name = config.search.space
+    for candidate in (Path(name), Path("search_spaces") / f"{name}.toml",
+                      SPACES_DIR / f"{name}.toml"):
+        if candidate.is_file():
+            return SearchSpace.load(candidate)
+    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
+    raise ConfigError(f"search space {name!r} not found; use a path or one of: {known}")
+
+
+def search_fingerprint(config: StudyConfig) -> str:
+    identity = {k: getattr(config.search, k) for k in SEARCH_IDENTITY}
+    return fingerprint(config, DISTILL_SECTIONS, extra=identity)
+
+
+def proxy_train_settings(config: StudyConfig) -> TrainSettings:
+    s = config.search
+    return TrainSettings(epochs=s.epochs, lr=s.lr, momentum=s.momentum,
+                         weight_decay=s.weight_decay, batch_size=s.batch_size, decay_at_half=True)
+
+
+def candidate_factory(config: StudyConfig) -> Callable[[Mapping[str, Any]], Candidate]:
+    """params → Candidate, the one path used by the proxy, validation and reports."""
+    reference, train = reference_arch(config), proxy_train_settings(config)
+    return lambda params: Candidate.from_params(params, reference=reference, train=train)
+
+
+def reference_params(config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
+    """The reference architecture expressed in the space's searched parameters."""
+    arch = reference_arch(config).to_dict()
+    train = vars(proxy_train_settings(config))
+    base = fedavg_settings(config)
+    fed = {"lr": base.local.lr, "local_epochs": base.local.epochs,
+           "batch_size": base.local.batch_size, "server_lr": base.server_lr,
+           "momentum": base.local.momentum, "rounds": base.rounds}
+    values = {"arch": arch, "train": train, "fedavg": fed}
+    out = {}
+    for p in space.params:
+        group, _, key = p.name.partition(".")
+        value = values[group][key]
+        if p.type == "categorical" and value not in p.choices:
+            return {}
+        out[p.name] = value
+    return out
+
+
+def ensure_distilled(config: StudyConfig, out: Path, *, cache: Path,
+                     progress: Progress | None = None) -> Path:
+    """The study's distilled set directory, distilling first when it is not cached yet."""
+    path = distilled_dir(config, cache)
+    if not is_complete(path, fingerprint(config, DISTILL_SECTIONS)):
+        run_distill_stage(config, out, cache=cache, progress=progress)
+    return path
+
+
+def run_search_stage(config: StudyConfig, out: Path, *, cache: Path,
+                     progress: Progress | None = None) -> StageOutcome:
+    """Optuna (or NNI) search on the distilled set; resumable; writes ``DIR/search/``."""
+    start = time.perf_counter()
+    space = load_space(config)
+    fed = build_federation(config)
+    distilled_path = ensure_distilled(config, out, cache=cache)
+    synthetic = load_distilled(distilled_path)
+    counts = pd.read_csv(distilled_path / "class_counts.csv").drop(columns="client").to_numpy()
+    seed = config.study.seed
+    engine = make_engine(config, fed) if config.search.scoring == "federated" else None
+    scorer = ProxyScorer(
+        distilled=synthetic, like=fed.train, scoring=config.search.scoring,
+        holdout=server_holdout(fed.test, seed=seed), engine=engine,
+        client_class_counts=counts, fedavg=fedavg_settings(config), seed=seed,
+    )
+    make = candidate_factory(config)
+    n_trials = config.search.n_trials
+
+    def objective(params: Mapping[str, Any], report: Reporter) -> tuple[float, dict[str, Any]]:
+        candidate = make(params)
+        down = engine.ledger.bytes_down if engine else 0
+        up = engine.ledger.bytes_up if engine else 0
+        value = scorer(candidate, report)
+        attrs = {"candidate_id": candidate.candidate_id,
+                 "bytes_down": (engine.ledger.bytes_down - down) if engine else 0,
+                 "bytes_up": (engine.ledger.bytes_up - up) if engine else 0}
+        if progress is not None:
+            progress(0, n_trials, {"value": value})
+        return value, attrs
+
+    search_dir = out / "search"
+    search_dir.mkdir(parents=True, exist_ok=True)
+    storage = config.search.storage or f"sqlite:///{(search_dir / 'optuna.db').resolve()}"
+    study_name = f"{config.study.name}-{search_fingerprint(config)}"
+    backend = create_backend(config, space=space, storage=storage, study_name=study_name,
+                             workdir=search_dir, reference=reference_params(config, space))
+    trials = backend.optimize(objective, n_trials=n_trials)
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
+    summary = {
+        "backend": config.search.backend,
+        "space": space.name,
+        "space_size": space.size,
+        "study_name": study_name,
+        "storage": storage,
+        "n_trials": int(len(finished)),
+        "n_complete": int((trials["state"] == "COMPLETE").sum()),
+        "best_value": float(finished["value"].max()) if len(finished) else float("nan"),
+        "bytes_up": int(trials["bytes_up"].sum()),
+        "bytes_down": int(trials["bytes_down"].sum()),
+        "trials_wall_s": float(finished["duration_s"].sum()),
+        "wall_s": time.perf_counter() - start,
+    }
+    write_config(config, out)
+    with stage_in_place(search_dir, fingerprint=search_fingerprint(config)) as w:
+        w.csv("trials.csv", trials)
+        w.json("summary.json", summary)
+    return StageOutcome(search_dir, summary)
+
+
+def create_backend(config: StudyConfig, *, space: SearchSpace, storage: str, study_name: str,
+                   workdir: Path, reference: Mapping[str, Any]) -> SearchBackend:
+    """The configured search backend (keyword-only factory; NNI needs the ``nni`` extra)."""
+    s = config.search
+    if s.backend == "optuna":
+        return OptunaBackend(space=space, storage=storage, study_name=study_name,
+                             sampler=s.sampler, pruner=s.pruner, seed=config.study.seed,
+                             reference=reference or None)
+    from distdd_nas.search.nni_backend import NniBackend
+
+    return NniBackend(space=space, workdir=workdir / "nni", tuner=s.sampler,
+                      seed=config.study.seed, study_name=study_name)
+
+
+# --------------------------------------------------------------------------------------------
+# validate
+# --------------------------------------------------------------------------------------------
+
+
+def run_validate_stage(config: StudyConfig, out: Path, *, progress: Progress | None = None) -> StageOutcome:
+    """Real FedAvg on the proxy's top-k plus seeded random controls; rank correlations."""
+    start = time.perf_counter()
+    trials_path = out / "search" / "trials.csv"
+    if not is_complete(out / "search"):
+        raise ArtifactError(f"{out / 'search'} holds no finished search; run 'distdd-nas search' "
+                            "for this study first")
+    trials = pd.read_csv(trials_path)
+    ranking = rank_trials(trials)
+    v = config.validate_
+    selection = select_for_validation(ranking, top_k=v.top_k, n_random=v.n_random,
+                                      seed=derive_seed(config.study.seed, "validate"))
+    fed = build_federation(config)
+    make = candidate_factory(config)
+    base = fedavg_settings(config)
+    rows, ledgers = [], []
+    for i, row in selection.iterrows():
+        params = {c.removeprefix("params_"): row[c] for c in selection.columns
+                  if c.startswith("params_") and pd.notna(row[c])}
+        candidate = make(params)
+        engine = make_engine(config, fed)
+        result = run_fedavg(engine, arch=candidate.arch, test=fed.test,
+                            settings=candidate.fedavg_settings(base), seed=config.study.seed)
+        model = build_model(candidate.arch, input_shape=fed.train.input_shape,
+                            num_classes=fed.num_classes)
+        rows.append({
+            "candidate_id": candidate.candidate_id, "selected_as": row["selected_as"],
+            "proxy_rank": int(row["proxy_rank"]), "proxy_score": float(row["value"]),
+            "fedavg_accuracy": result.test_accuracy, "model": candidate.arch.short_name(),
+            "num_parameters": count_parameters(model), "rounds": result.rounds,
+            "bytes_up": engine.ledger.bytes_up, "bytes_down": engine.ledger.bytes_down,
+            "wall_s": result.wall_s,
+        })
+        ledgers.append(engine.ledger.to_frame().assign(candidate_id=candidate.candidate_id))
+        if progress is not None:
+            progress(int(i) + 1, len(selection), {"test_accuracy": result.test_accuracy})
+    table = pd.DataFrame(rows)
+    proxy, acc = table["proxy_score"].to_numpy(), table["fedavg_accuracy"].to_numpy()
+    summary = {
+        "n_validated": len(table), "top_k": v.top_k, "n_random": v.n_random,
+        "kendall_tau": kendall_tau(proxy, acc), "spearman_rho": spearman_rho(proxy, acc),
+        "top1_regret": top1_regret(proxy, acc) if len(table) else float("nan"),
+        "topk_overlap": topk_overlap(proxy, acc, v.top_k),
+        "best_fedavg_accuracy": float(acc.max()) if len(acc) else float("nan"),
+        "bytes_up": int(table["bytes_up"].sum()), "bytes_down": int(table["bytes_down"].sum()),
+        "wall_s": time.perf_counter() - start,
+    }
+    fp = fingerprint(config, (*DISTILL_SECTIONS, "search", "fedavg", "validate"),
+                     extra=trials.to_json())
+    with stage(out / "validate", fingerprint=fp) as w:
+        w.csv("validation.csv", table)
+        w.csv("ranking.csv", ranking)
+        w.csv("ledger.csv", pd.concat(ledgers, ignore_index=True) if ledgers
+              else pd.DataFrame())
+        w.json("summary.json", summary)
+    return StageOutcome(out / "validate", summary)
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+
+
+def cost_comparison(config: StudyConfig, out: Path, *, cache: Path) -> CostComparison:
+    """Measured bytes/seconds of distil + search + validate, and FedAvg-per-candidate for every
+    trial: measured on the validated candidates, extrapolated to the others by parameter count
+    (FedAvg traffic per round is 2 × clients per round × parameter bytes)."""
+    manifest = read_manifest(distilled_dir(config, cache)) or {}
+    trials = pd.read_csv(out / "search" / "trials.csv")
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
+    validation = pd.read_csv(out / "validate" / "validation.csv")
+    bytes_per_param = float((validation["bytes_up"] + validation["bytes_down"]).sum()
+                            / validation["num_parameters"].sum())
+    s_per_param = float(validation["wall_s"].sum() / validation["num_parameters"].sum())
+    fed = build_federation(config)
+    make = candidate_factory(config)
+    sizes = []
+    for _, row in finished.iterrows():
+        params = {c.removeprefix("params_"): row[c] for c in finished.columns
+                  if c.startswith("params_") and pd.notna(row[c])}
+        model = build_model(make(params).arch, input_shape=fed.train.input_shape,
+                            num_classes=fed.num_classes)
+        sizes.append(count_parameters(model))
+    mean_size = float(np.mean(sizes)) if sizes else 0.0
+    return CostComparison(
+        distill_bytes=int(manifest.get("bytes_up", 0)) + int(manifest.get("bytes_down", 0)),
+        search_bytes=int(finished["bytes_up"].sum() + finished["bytes_down"].sum()),
+        validate_bytes=int((validation["bytes_up"] + validation["bytes_down"]).sum()),
+        fedavg_bytes_per_candidate=bytes_per_param * mean_size,
+        n_candidates=len(finished),
+        distill_s=float(manifest.get("wall_s", 0.0)),
+        search_s=float(finished["duration_s"].sum()),
+        validate_s=float(validation["wall_s"].sum()),
+        fedavg_s_per_candidate=s_per_param * mean_size,
+    )
+
+
+def run_report_stage(config: StudyConfig, out: Path, *, cache: Path) -> StageOutcome:
+    """report.md, summary.json, CSV tables and PNG plots from the finished stages."""
+    for name in ("search", "validate"):
+        if not is_complete(out / name):
+            raise ArtifactError(f"{out / name} is not complete; run 'distdd-nas {name}' first")
+    distill = load_json(out / "distill" / "summary.json") if is_complete(out / "distill") else {}
+    validate = load_json(out / "validate" / "summary.json")
+    trials = pd.read_csv(out / "search" / "trials.csv")
+    validation = pd.read_csv(out / "validate" / "validation.csv")
+    ranking = pd.read_csv(out / "validate" / "ranking.csv")
+    cost = cost_comparison(config, out, cache=cache)
+    summary = {
+        "study": config.study.name,
+        "kendall_tau": validate["kendall_tau"],
+        "spearman_rho": validate["spearman_rho"],
+        "top1_regret": validate["top1_regret"],
+        "topk_overlap": validate["topk_overlap"],
+        "n_trials": cost.n_candidates,
+        "n_validated": validate["n_validated"],
+        "distilled_accuracy": distill.get("test_accuracy_mean"),
+        "random_real_accuracy": distill.get("random_real_accuracy_mean"),
+        "bytes_distill": cost.distill_bytes,
+        "bytes_search": cost.search_bytes,
+        "bytes_validate": cost.validate_bytes,
+        "bytes_distdd_total": cost.distdd_bytes,
+        "bytes_fedavg_nas_total": cost.fedavg_nas_bytes,
+        "comm_ratio": cost.comm_ratio,
+        "break_even_candidates": cost.break_even_candidates(),
+        "wall_s_distdd_total": cost.distdd_s,
+        "wall_s_fedavg_nas_total": cost.fedavg_nas_s,
+        "time_ratio": cost.fedavg_nas_s / max(cost.distdd_s, 1e-9),
+        "num_clients": config.partition.num_clients,
+    }
+    synthetic = load_distilled(distilled_dir(config, cache))
+    fed_like = build_federation(config).train
+    tau = summary["kendall_tau"]
+    figures = {
+        "proxy_vs_fedavg.png": scatter_figure(
+            validation, x="proxy_score", y="fedavg_accuracy",
+            title=f"proxy score vs FedAvg accuracy (Kendall τ = {tau:.2f})"),
+        "communication.png": bars_figure(
+            {"distil": cost.distill_bytes, "search": cost.search_bytes,
+             "validate": cost.validate_bytes, "FedAvg-NAS": cost.fedavg_nas_bytes},
+            title=f"bytes: DistDD total vs FedAvg per candidate ({cost.comm_ratio:.1f}×)",
+            ylabel="bytes (log)"),
+        "history.png": history_figure(trials),
+        "grid.png": image_grid_figure(synthetic.images, synthetic.labels, mean=fed_like.mean,
+                                      std=fed_like.std, classes=fed_like.classes),
+    }
+    with stage(out / "report", fingerprint=fingerprint(config, extra=summary)) as w:
+        w.json("summary.json", summary)
+        w.csv("trials.csv", trials)
+        w.csv("ranking.csv", ranking)
+        w.csv("validation.csv", validation)
+        for name, fig in figures.items():
+            fig.savefig(w.file(name), dpi=100, bbox_inches="tight")
+        w.file("report.md").write_text(
+            render_markdown(config, summary, validation, distill), encoding="utf-8")
+    return StageOutcome(out / "report", summary)
+
+
+def render_markdown(config: StudyConfig, summary: dict[str, Any], validation: pd.DataFrame,
+                    distill: dict[str, Any]) -> str:
+    """The human report of a study."""
+    def mib(x: float) -> str:
+        return f"{x / 2**20:,.1f} MiB"
+
+    cols = ["candidate_id", "selected_as", "proxy_rank", "proxy_score", "fedavg_accuracy",
+            "model", "num_parameters"]
+    table = markdown_table(validation[cols].sort_values("proxy_rank"))
+    acc = distill.get("test_accuracy_mean")
+    rnd = distill.get("random_real_accuracy_mean")
+    distilled_line = (f"- distilled set: {config.distill.ipc} images/class, accuracy "
+                      f"{acc:.4f} (random real subset, centralized reference: {rnd:.4f})"
+                      if acc is not None and rnd is not None else "- distilled set: see distill/")
+    return f"""# distdd-nas report: {config.study.name}
+
+{config.study.description}
+
+## Ranking quality (proxy on the distilled set vs real FedAvg)
+- trials searched: {summary['n_trials']}; validated with FedAvg: {summary['n_validated']}
+  (top {config.validate_.top_k} + {config.validate_.n_random} random controls)
+- Kendall τ = {summary['kendall_tau']:.3f}, Spearman ρ = {summary['spearman_rho']:.3f},
+  top-k overlap = {summary['topk_overlap']:.2f}, regret of the proxy's top-1 =
+  {summary['top1_regret']:.4f}
+{distilled_line}
+
+![proxy vs FedAvg](proxy_vs_fedavg.png)
+
+{table}
+
+## Cost: distil once + search vs FedAvg per candidate
+| | bytes | wall s |
+|---|---|---|
+| DistDD: distil + search + validate | {mib(summary['bytes_distdd_total'])} | {summary['wall_s_distdd_total']:.0f} |
+| FedAvg for every candidate (measured on validated, extrapolated) | {mib(summary['bytes_fedavg_nas_total'])} | {summary['wall_s_fedavg_nas_total']:.0f} |
+| ratio (FedAvg-NAS / DistDD) | {summary['comm_ratio']:.1f}× | {summary['time_ratio']:.1f}× |
+
+Break-even: DistDD-based search sends fewer bytes from **{summary['break_even_candidates']}**
+candidates on (distillation {mib(summary['bytes_distill'])}, search scoring
+{mib(summary['bytes_search'])}, validation {mib(summary['bytes_validate'])}).
+
+![communication](communication.png) ![history](history.png) ![grid](grid.png)
+
+Open the Optuna study: `optuna-dashboard {summary.get('storage', 'sqlite:///<run>/search/optuna.db')}`
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# run: every stage, reusing what is cached
+# --------------------------------------------------------------------------------------------
+
+
+def run_all(config: StudyConfig, out: Path, *, cache: Path,
+            progress: Callable[[str], Progress | None] | None = None) -> StageOutcome:
+    """distill (cached) → search (resumed) → validate → report."""
+    bar = progress or (lambda _name: None)
+    run_distill_stage(config, out, cache=cache, progress=bar("distill"))
+    run_search_stage(config, out, cache=cache, progress=bar("search"))
+    run_validate_stage(config, out, progress=bar("validate"))
+    return run_report_stage(config, out, cache=cache)

@@ -9,6 +9,7 @@ rebuild any candidate of a search from a few bytes (Optuna's FixedTrial idea, ap
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -21,13 +22,17 @@ from distdd_nas.seeding import torch_generator
 from distdd_nas.training import TrainSettings, evaluate_model, train_model
 
 
-def model_from_message(client: ClientData, msg: Message) -> nn.Module:
-    """Rebuild the server's model on the client: architecture from config, weights from arrays."""
+def model_from_message(
+    client: ClientData, msg: Message, *, extra: Collection[str] = ()
+) -> nn.Module:
+    """Rebuild the server's model on the client: architecture from config, weights from arrays
+    (all arrays except the names in ``extra``, which carry other task inputs)."""
     spec = ArchSpec.from_dict(json.loads(str(msg.config["arch"])))
     model = build_model(
-        spec, input_shape=client.dataset.input_shape, num_classes=client.dataset.num_classes
+        spec, input_shape=client.dataset.input_shape, num_classes=client.dataset.num_classes,
+        seed=0,  # weights are overwritten next; a fixed seed keeps the global RNG untouched
     )
-    set_parameters(model, msg.arrays)
+    set_parameters(model, {k: v for k, v in msg.arrays.items() if k not in extra})
     return model
 
 

@@ -1,0 +1,43 @@
+"""Datasets, federated partitions and label noise: pure code, tensors and arrays in and out."""
+
+from distdd_nas.data.datasets import (
+    DATASETS,
+    FASHION_MNIST_SYSTEM_DIRS,
+    DatasetSplits,
+    ImageDataset,
+    load_dataset,
+    read_idx,
+    stratified_sample,
+)
+from distdd_nas.data.noise import NOISE_KINDS, NoiseRecord, apply_label_noise
+from distdd_nas.data.partition import (
+    PARTITIONERS,
+    DirichletPartitioner,
+    FederatedSplit,
+    IidPartitioner,
+    Partitioner,
+    QuantitySkewPartitioner,
+    ShardPartitioner,
+    make_partitioner,
+)
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_SYSTEM_DIRS",
+    "NOISE_KINDS",
+    "PARTITIONERS",
+    "DatasetSplits",
+    "DirichletPartitioner",
+    "FederatedSplit",
+    "IidPartitioner",
+    "ImageDataset",
+    "NoiseRecord",
+    "Partitioner",
+    "QuantitySkewPartitioner",
+    "ShardPartitioner",
+    "apply_label_noise",
+    "load_dataset",
+    "make_partitioner",
+    "read_idx",
+    "stratified_sample",
+]

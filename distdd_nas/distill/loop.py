@@ -1,0 +1,281 @@
+"""The DistDD server loop, written once against the Engine protocol.
+
+Round 0 asks every client for its class counts (and pixel moments for the ``client_mean``
+initialisation). Then K outer iterations, each with a freshly seeded network θ0 and
+``outer_loop`` matching steps. A matching step is one engine round, numbered by a global step
+counter (1, 2, …) so the ledger has one round per step: configure (select clients, tell each
+how many images of each class to draw), fit (clients return class gradients), aggregate
+(per-class example-weighted mean, or a robust aggregator, after dropping non-finite replies),
+match (one SGD step on the synthetic images). Between steps the network is updated on the server:
+DC's inner loop on the synthetic set (``net_update = "synthetic"``), or a step along the mean
+aggregated class gradient (``"global_grad"``). As in DC, the last step of an iteration is not
+followed by a network update.
+
+Client sampling (``fraction``) is an argument rather than a distill setting: it belongs to the
+federation (``config.federation.fraction``) and is shared with FedAvg.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from distdd_nas.config import DistillSection
+from distdd_nas.data import ImageDataset
+from distdd_nas.distill.evaluate import evaluate_synthetic
+from distdd_nas.distill.matching import get_distance
+from distdd_nas.distill.result import DistilledSet, DistillResult
+from distdd_nas.distill.server import (
+    Distance,
+    aggregate_class_gradients,
+    batch_shares,
+    check_class_totals,
+    check_settings,
+    dc_loops,
+    init_client_mean,
+    init_noise,
+    match_loss,
+    step_with_global_gradient,
+    train_net_on_synthetic,
+)
+from distdd_nas.errors import EngineError
+from distdd_nas.federation import ClientData, Engine, InProcessEngine, Message, select_clients
+from distdd_nas.federation.message import Scalar
+from distdd_nas.federation.registry import default_tasks
+from distdd_nas.models import ArchSpec, build_model, get_parameters
+from distdd_nas.seeding import derive_seed, torch_generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassCensus:
+    """What round 0 taught the server: class counts per client (and moments, if asked)."""
+
+    counts: np.ndarray  # clients × classes, int64
+    moments: list[dict[str, np.ndarray]]
+
+
+@dataclass
+class _Timer:
+    """Seconds spent per phase within one outer iteration."""
+
+    client_s: float = 0.0
+    match_s: float = 0.0
+    update_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Everything fixed for a whole run (to keep function signatures short)."""
+
+    engine: Engine
+    arch_json: str
+    settings: DistillSection
+    census: ClassCensus
+    distance: Distance
+    ipc: int
+    dim: int
+    seed: int
+    fraction: float
+
+
+def resolve_loops(settings: DistillSection) -> tuple[int, int]:
+    """(outer_loop, inner_loop): the settings where given, else DC's table for ``ipc``."""
+    outer, inner = dc_loops(settings.ipc)
+    return (settings.outer_loop or outer,
+            inner if settings.inner_loop is None else settings.inner_loop)
+
+
+def census(engine: Engine, *, num_classes: int, moments: bool) -> ClassCensus:
+    """Round 0: every client reports its per-class counts (metered like every payload)."""
+    messages = {c: Message(config={"moments": moments}) for c in range(engine.num_clients)}
+    replies = engine.run_round("class_stats", messages, round=0)
+    counts = np.zeros((engine.num_clients, num_classes), dtype=np.int64)
+    for cid, reply in replies.items():
+        reported = np.asarray(reply.arrays["counts"], dtype=np.int64)
+        if reported.shape != (num_classes,):
+            raise EngineError(f"client {cid} reported counts of shape {reported.shape} for "
+                              f"{num_classes} classes; the clients hold another dataset")
+        counts[cid] = reported
+    if counts.sum() == 0:
+        raise EngineError("no client reported any data in the class census; check the partition")
+    return ClassCensus(counts, [dict(r.arrays) for r in replies.values()])
+
+
+def run_distill(
+    engine: Engine,
+    *,
+    arch: ArchSpec,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    settings: DistillSection,
+    seed: int,
+    fraction: float = 1.0,
+    test: ImageDataset | None = None,
+    on_iteration: Callable[[dict[str, float]], None] | None = None,
+) -> DistillResult:
+    """Distil a synthetic set of ``settings.ipc`` images per class from the engine's clients.
+
+    Args:
+        engine: Carries (and meters) every payload; its clients must run ``class_stats`` and
+            ``class_gradients``.
+        arch: The distillation network (sent to clients as JSON, weights as arrays).
+        input_shape: (C, H, W) of the images.
+        num_classes: Number of classes (labels of S are fixed, ``ipc`` per class).
+        settings: The ``[distill]`` section.
+        seed: Root seed: initial images, every θ0, client batches and client selection.
+        fraction: Share of clients selected per matching step (``federation.fraction``).
+        test: Server-side test set for accuracy checkpoints every ``settings.eval_every``
+            iterations (with ``settings.eval``); none when omitted or ``eval_every == 0``.
+        on_iteration: Called with each history row (progress bars).
+
+    Returns:
+        The synthetic set, one history row per iteration (``iteration``, ``steps``,
+        ``match_loss`` (mean per class and step), ``rejected`` replies, cumulative ``bytes_up``
+        and ``bytes_down``, cumulative ``wall_s`` (checkpoint evaluations excluded), seconds in
+        ``client_s`` / ``match_s`` / ``update_s``, and ``acc_mean`` / ``acc_std`` at
+        checkpoints), the census class counts and the wall time.
+
+    Raises:
+        ConfigError: Unknown distance/aggregator/mode, or ``ipc`` above a class's total count.
+        EngineError: The census is empty or inconsistent.
+    """
+    start = time.perf_counter()
+    check_settings(settings)
+    outer, inner = resolve_loops(settings)
+    info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
+    check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
+    images = _initial_images(settings, info, num_classes=num_classes, shape=input_shape,
+                             seed=seed).requires_grad_(True)
+    labels = torch.arange(num_classes).repeat_interleave(settings.ipc)
+    opt_img = torch.optim.SGD([images], lr=settings.lr_img, momentum=settings.momentum_img)
+    probe = build_model(arch, input_shape=input_shape, num_classes=num_classes, seed=0)
+    run = _Run(engine, json.dumps(arch.to_dict(), sort_keys=True), settings, info,
+               get_distance(settings.distance), settings.ipc,
+               sum(p.numel() for p in probe.parameters() if p.requires_grad), seed, fraction)
+    rows: list[dict[str, float]] = []
+    eval_s = 0.0
+    for it in range(settings.iterations):
+        net = build_model(arch, input_shape=input_shape, num_classes=num_classes,
+                          seed=derive_seed(seed, "distill", "net", it))
+        net.train()
+        timer = _iteration(run, net, images, labels, opt_img, it=it, outer=outer, inner=inner)
+        row = _history_row(it, outer, timer, engine, wall_s=time.perf_counter() - start - eval_s)
+        if test is not None and settings.eval_every and (
+            (it + 1) % settings.eval_every == 0 or it + 1 == settings.iterations
+        ):
+            t0 = time.perf_counter()
+            acc, std, _ = evaluate_synthetic(images.detach(), labels, arch=arch, test=test,
+                                             settings=settings.eval,
+                                             seed=derive_seed(seed, "distill", "checkpoint"))
+            row.update(acc_mean=acc, acc_std=std)
+            eval_s += time.perf_counter() - t0
+        rows.append(row)
+        log.info("distill iteration %d/%d: match loss %.4f, %.1f s", it + 1,
+                 settings.iterations, row["match_loss"], row["wall_s"])
+        if on_iteration is not None:
+            on_iteration(row)
+    synthetic = DistilledSet(images.detach().clone(), labels, num_classes)
+    history = pd.DataFrame(rows).astype({"iteration": int, "steps": int, "rejected": int})
+    return DistillResult(synthetic, history, info.counts, time.perf_counter() - start - eval_s)
+
+
+def _initial_images(settings: DistillSection, info: ClassCensus, *, num_classes: int,
+                    shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    gen = torch_generator(seed, "distill", "init")
+    if settings.init == "client_mean":
+        return init_client_mean(ipc=settings.ipc, stats=info.moments, shape=shape, generator=gen)
+    return init_noise(ipc=settings.ipc, num_classes=num_classes, shape=shape, generator=gen)
+
+
+def _iteration(run: _Run, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               opt_img: torch.optim.Optimizer, *, it: int, outer: int, inner: int) -> _Timer:
+    """One outer iteration: ``outer`` matching steps with network updates in between."""
+    settings = run.settings
+    opt_net = torch.optim.SGD(net.parameters(), lr=settings.lr_net)
+    inner_gen = torch_generator(run.seed, "distill", "inner", it)
+    timer = _Timer()
+    for ol in range(outer):
+        targets = _matching_step(run, net, images, opt_img, step=it * outer + ol + 1,
+                                 timer=timer)
+        if ol == outer - 1:
+            break
+        t0 = time.perf_counter()
+        if settings.net_update == "synthetic":
+            train_net_on_synthetic(net, opt_net, images, labels, steps=inner,
+                                   batch_size=settings.batch_syn, generator=inner_gen)
+        elif targets:
+            step_with_global_gradient(net, targets, lr=settings.lr_net)
+        timer.update_s += time.perf_counter() - t0
+    return timer
+
+
+def _matching_step(run: _Run, net: nn.Module, images: torch.Tensor,
+                   opt_img: torch.optim.Optimizer, *, step: int,
+                   timer: _Timer) -> dict[int, torch.Tensor]:
+    """One engine round and one SGD step on the images; returns the aggregated targets."""
+    settings = run.settings
+    t0 = time.perf_counter()
+    selected = select_clients(num_clients=run.engine.num_clients, fraction=run.fraction,
+                              seed=run.seed, round=step)
+    take = batch_shares(run.census.counts[selected], batch_real=settings.batch_real,
+                        mode=settings.batch_mode)
+    params = get_parameters(net)
+    config: dict[str, Scalar] = {"arch": run.arch_json,
+                                 "seed": derive_seed(run.seed, "distill", "step", step)}
+    messages = {cid: Message(arrays={**params, "take": take[i]}, config=config)
+                for i, cid in enumerate(selected) if take[i].any()}
+    replies = run.engine.run_round("class_gradients", messages, round=step)
+    targets, rejected = aggregate_class_gradients(replies, dim=run.dim,
+                                                  aggregator=settings.aggregator,
+                                                  trim=settings.trim)
+    timer.rejected += len(rejected)
+    t1 = time.perf_counter()
+    timer.client_s += t1 - t0
+    if not targets:
+        log.warning("step %d: no class gradients arrived; synthetic set unchanged", step)
+        return targets
+    loss = match_loss(net, images, ipc=run.ipc, targets=targets, distance=run.distance)
+    opt_img.zero_grad(set_to_none=True)
+    loss.backward(inputs=[images])  # only ∇_S: θ's gradients are not needed here
+    opt_img.step()
+    timer.losses.append(float(loss.detach()) / len(targets))
+    timer.match_s += time.perf_counter() - t1
+    return targets
+
+
+def _history_row(it: int, outer: int, timer: _Timer, engine: Engine, *,
+                 wall_s: float) -> dict[str, float]:
+    return {
+        "iteration": float(it),
+        "steps": float((it + 1) * outer),
+        "match_loss": float(np.mean(timer.losses)) if timer.losses else float("nan"),
+        "rejected": float(timer.rejected),
+        "bytes_up": float(engine.ledger.bytes_up),
+        "bytes_down": float(engine.ledger.bytes_down),
+        "wall_s": wall_s,
+        "client_s": timer.client_s,
+        "match_s": timer.match_s,
+        "update_s": timer.update_s,
+    }
+
+
+def centralized_engine(train: ImageDataset, indices: np.ndarray, **kwargs: Any) -> InProcessEngine:
+    """An engine with one client holding ``indices`` of ``train``: run_distill on it is
+    centralized DC (the ``centralized_reference`` of a study; it needs data that in DistDD
+    never leaves the clients, so label it as a reference). ``kwargs`` go to InProcessEngine."""
+    client = ClientData(cid=0, dataset=train, train_indices=np.sort(np.asarray(indices)),
+                        holdout_indices=np.zeros(0, dtype=np.int64))
+    return InProcessEngine(clients=[client], tasks=default_tasks(), **kwargs)

@@ -1,0 +1,375 @@
+"""The proxy objective: train a candidate on the distilled set and score it.
+
+Scoring sources (``search.scoring``):
+
+* ``federated`` — the trained model is sent to every client, which evaluates it on its local
+  held-out split (client task ``evaluate``); the score is Σ correct / Σ examples over clients.
+  The traffic goes through the study's engine and is metered in its ledger, so it is part of
+  DistDD's communication cost. Needs ``partition.holdout_fraction > 0``.
+* ``server_holdout`` — a labelled set the server owns: :func:`split_server_holdout` gives a
+  seeded, stratified half of the federation's test split to the server; the other half stays the
+  final test set of FL validation, so the proxy never sees the examples validation is scored on.
+
+Architecture/proxy-training candidates are trained (seeded by their ``candidate_id``) on the
+distilled set with their train settings and report intermediate values every ``report_every``
+epochs for pruning: the holdout accuracy with ``server_holdout``, and with ``federated`` the
+accuracy on the distilled set itself (free; asking the clients every epoch would cost traffic).
+Candidates with ``fedavg.*`` parameters are scored by **simulated FedAvg on the distilled set**
+(:mod:`distdd_nas.search.simulate`), reporting one intermediate value per round.
+
+:func:`save_proxy_inputs` writes everything an objective needs to files and returns an
+:class:`~distdd_nas.search.backends.ObjectiveRecipe`, so NNI trials (or extra Optuna workers)
+rebuild the identical objective in their own process with :func:`load_proxy_objective`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distdd_nas.data import ImageDataset, stratified_sample
+from distdd_nas.distill.result import DistilledSet
+from distdd_nas.errors import ArtifactError, ConfigError
+from distdd_nas.federation import Engine, Message
+from distdd_nas.fl.fedavg import FedAvgSettings
+from distdd_nas.models import build_model, count_parameters, get_parameters, set_parameters
+from distdd_nas.search.backends import ObjectiveRecipe, Pruned, Reporter
+from distdd_nas.search.candidate import Candidate, CandidateFactory
+from distdd_nas.search.simulate import simulated_fedavg
+from distdd_nas.seeding import derive_seed, numpy_rng, torch_generator
+from distdd_nas.training import TrainSettings, evaluate_model, train_model
+
+SCORINGS = ("federated", "server_holdout")
+PROXY_FACTORY = "distdd_nas.search.objective:load_proxy_objective"
+
+
+def synthetic_dataset(distilled: DistilledSet, like: ImageDataset) -> ImageDataset:
+    """The distilled set as an :class:`ImageDataset` with the real data's metadata."""
+    return ImageDataset(like.name, distilled.images, distilled.labels, like.classes, like.mean,
+                        like.std)
+
+
+def split_server_holdout(
+    test: ImageDataset, *, seed: int, fraction: float = 0.5
+) -> tuple[ImageDataset, ImageDataset]:
+    """Split the test set into (server holdout, final test), stratified by class and seeded.
+
+    The server scores proxies on the holdout; FL validation reports accuracy on the final test
+    part, so the two never share an example.
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"server holdout fraction {fraction} is out of range; use 0 < f < 1")
+    labels = test.labels.numpy()
+    size = round(fraction * len(labels))
+    chosen = stratified_sample(labels, size, rng=numpy_rng(seed, "server_holdout"))
+    rest = np.setdiff1d(np.arange(len(labels)), chosen)
+    return test.subset(chosen), test.subset(rest)
+
+
+def server_holdout(test: ImageDataset, *, seed: int, fraction: float = 0.5) -> ImageDataset:
+    """The server-owned labelled set of :func:`split_server_holdout` (its first part)."""
+    return split_server_holdout(test, seed=seed, fraction=fraction)[0]
+
+
+@dataclass
+class ProxyScorer:
+    """Trains and scores candidates; holds what every trial shares (built once per process).
+
+    Attributes:
+        distilled: The synthetic set.
+        like: Real-data metadata (input shape, classes, normalisation), e.g. the train set.
+        scoring: ``federated`` or ``server_holdout``.
+        holdout: The server's labelled set (required for ``server_holdout``).
+        engine: The study's engine (required for ``federated``); its ledger meters scoring.
+        client_class_counts: Real clients × classes counts (required for ``fedavg.*``).
+        fedavg: The study's FedAvg settings (base of ``fedavg.*`` candidates).
+        seed: Study seed; each candidate's seeds derive from it and its ``candidate_id``.
+        seeds: Models trained per candidate (the score is their mean).
+        report_every: Epochs between intermediate values (default: about ten per run).
+        virtual_examples: Total size of the virtual clients of simulated FedAvg (None: real).
+    """
+
+    distilled: DistilledSet
+    like: ImageDataset
+    scoring: str
+    holdout: ImageDataset | None = None
+    engine: Engine | None = None
+    client_class_counts: np.ndarray | None = None
+    fedavg: FedAvgSettings = field(default_factory=FedAvgSettings)
+    seed: int = 0
+    seeds: int = 1
+    report_every: int | None = None
+    virtual_examples: int | None = 2000
+    _rounds: Iterator[int] = field(default_factory=lambda: itertools.count(1), init=False,
+                                   repr=False)
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"unknown scoring {self.scoring!r}; use one of "
+                              f"{', '.join(SCORINGS)}")
+        if self.scoring == "server_holdout" and (self.holdout is None or len(self.holdout) == 0):
+            raise ConfigError("server_holdout scoring needs a non-empty holdout set; pass "
+                              "split_server_holdout(test)[0]")
+        if self.scoring == "federated" and self.engine is None:
+            raise ConfigError("federated scoring needs the study's engine; pass engine=... or "
+                              "use search.scoring = \"server_holdout\"")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds={self.seeds} is out of range; use an integer >= 1")
+
+    @property
+    def synthetic(self) -> ImageDataset:
+        return synthetic_dataset(self.distilled, self.like)
+
+    def __call__(self, candidate: Candidate, report: Reporter) -> float:
+        """Proxy score of ``candidate`` in [0, 1] (higher is better).
+
+        Raises:
+            Pruned: ``report`` asked to stop (propagated from the backend's pruner).
+            ConfigError: The candidate does not fit the data (e.g. too much pooling).
+        """
+        scores = []
+        for s in range(self.seeds):
+            seed = derive_seed(self.seed, "proxy", candidate.candidate_id, s)
+            step_report = report if s == 0 else _ignore
+            if candidate.is_fedavg:
+                scores.append(self._simulated_fedavg(candidate, seed, step_report))
+            else:
+                scores.append(self._train_and_score(candidate, seed, step_report))
+        return float(np.mean(scores))
+
+    def _train_and_score(self, candidate: Candidate, seed: int, report: Reporter) -> float:
+        model = build_model(candidate.arch, input_shape=self.like.input_shape,
+                            num_classes=self.like.num_classes, seed=seed)
+        epochs = candidate.train.epochs
+        every = self.report_every or max(1, epochs // 10)
+        images, labels = self.distilled.images, self.distilled.labels
+
+        def on_epoch(epoch: int, net: torch.nn.Module) -> None:
+            if (epoch + 1) % every == 0 and epoch + 1 < epochs:
+                if self.scoring == "server_holdout":
+                    assert self.holdout is not None
+                    value = evaluate_model(net, self.holdout.images, self.holdout.labels)[1]
+                else:
+                    value = evaluate_model(net, images, labels)[1]
+                report(epoch + 1, float(value))
+
+        train_model(model, images, labels, settings=candidate.train,
+                    generator=torch_generator(seed, "proxy", "order"), on_epoch=on_epoch)
+        return self.score_model(model, candidate=candidate)
+
+    def _simulated_fedavg(self, candidate: Candidate, seed: int, report: Reporter) -> float:
+        if self.client_class_counts is None:
+            raise ConfigError("fedavg.* candidates need the clients' class counts; pass "
+                              "client_class_counts=DistillResult.client_class_counts")
+        synthetic = self.synthetic
+        test = self.holdout if self.scoring == "server_holdout" else synthetic
+
+        def on_round(row: Mapping[str, float]) -> None:
+            if not np.isnan(row["test_accuracy"]):
+                report(int(row["round"]), float(row["test_accuracy"]))
+
+        result = simulated_fedavg(
+            arch=candidate.arch, synthetic=synthetic, counts=self.client_class_counts,
+            settings=candidate.fedavg_settings(self.fedavg), test=test or synthetic, seed=seed,
+            total=self.virtual_examples, on_round=on_round,
+        )
+        if self.scoring == "server_holdout":
+            return float(result.test_accuracy)
+        model = build_model(candidate.arch, input_shape=self.like.input_shape,
+                            num_classes=self.like.num_classes, seed=0)
+        set_parameters(model, result.parameters)
+        return self.score_model(model, candidate=candidate)
+
+    def score_model(self, model: torch.nn.Module, *, candidate: Candidate) -> float:
+        """Accuracy of a trained model on the scoring source (one metered round if federated).
+
+        Raises:
+            ConfigError: Federated scoring but no client holds a holdout example.
+        """
+        if self.scoring == "server_holdout":
+            assert self.holdout is not None
+            return float(evaluate_model(model, self.holdout.images, self.holdout.labels)[1])
+        assert self.engine is not None
+        msg = Message(arrays=get_parameters(model),
+                      config={"arch": json.dumps(candidate.arch.to_dict(), sort_keys=True)})
+        replies = self.engine.run_round(
+            "evaluate", dict.fromkeys(range(self.engine.num_clients), msg),
+            round=next(self._rounds),
+        )
+        n = sum(int(r.config["num_examples"]) for r in replies.values())
+        if n == 0:
+            raise ConfigError("federated scoring got no holdout example from the clients; set "
+                              "partition.holdout_fraction > 0 or search.scoring = "
+                              "\"server_holdout\"")
+        return sum(int(r.config["correct"]) for r in replies.values()) / n
+
+
+def _ignore(step: int, value: float) -> None:
+    """A reporter that drops intermediate values (extra seeds of one candidate)."""
+
+
+@dataclass
+class ProxyObjective:
+    """The search :data:`~distdd_nas.search.backends.Objective`: params → (score, attributes).
+
+    Attributes stored with each trial: ``candidate_id``, ``model`` (short name),
+    ``num_parameters``, and the scoring traffic ``bytes_down``/``bytes_up`` metered by the
+    engine during this trial (0 for ``server_holdout``).
+    """
+
+    scorer: ProxyScorer
+    candidates: CandidateFactory
+
+    def __call__(
+        self, params: Mapping[str, Any], report: Reporter
+    ) -> tuple[float, dict[str, Any]]:
+        candidate = self.candidates(params)
+        ledger = self.scorer.engine.ledger if self.scorer.engine is not None else None
+        down0 = ledger.bytes_down if ledger is not None else 0
+        up0 = ledger.bytes_up if ledger is not None else 0
+        start = time.perf_counter()
+        value = self.scorer(candidate, report)
+        with torch.device("meta"):
+            net = build_model(candidate.arch, input_shape=self.scorer.like.input_shape,
+                              num_classes=self.scorer.like.num_classes)
+        attrs: dict[str, Any] = {
+            "candidate_id": candidate.candidate_id,
+            "model": candidate.arch.short_name(),
+            "num_parameters": count_parameters(net),
+            "bytes_down": (ledger.bytes_down - down0) if ledger is not None else 0,
+            "bytes_up": (ledger.bytes_up - up0) if ledger is not None else 0,
+            "train_s": time.perf_counter() - start,
+        }
+        return value, attrs
+
+
+def save_proxy_inputs(
+    directory: str | Path,
+    *,
+    objective: ProxyObjective,
+    study_config: Mapping[str, Any] | None = None,
+) -> ObjectiveRecipe:
+    """Write what ``objective`` needs to ``directory``; return the recipe that rebuilds it.
+
+    Files: ``synthetic.npz`` (the distilled set), ``holdout.npz`` (server holdout, if any),
+    ``proxy.json`` (metadata, settings, class counts, and for federated scoring the study
+    config from which a trial process rebuilds the clients and an in-process engine).
+
+    Raises:
+        ConfigError: Federated scoring without ``study_config``.
+    """
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    s = objective.scorer
+    if s.scoring == "federated" and study_config is None:
+        raise ConfigError("a portable federated objective needs the study config (to rebuild "
+                          "the clients in the trial process); pass study_config=config.to_dict()")
+    arrays: dict[str, Any] = s.distilled.to_arrays()
+    np.savez(directory / "synthetic.npz", **arrays)
+    if s.holdout is not None:
+        np.savez(directory / "holdout.npz", images=s.holdout.images.numpy(),
+                 labels=s.holdout.labels.numpy())
+    counts = s.client_class_counts
+    meta = {
+        "like": {"name": s.like.name, "classes": list(s.like.classes), "mean": list(s.like.mean),
+                 "std": list(s.like.std)},
+        "scoring": s.scoring,
+        "holdout": s.holdout is not None,
+        "client_class_counts": None if counts is None else np.asarray(counts).tolist(),
+        "fedavg": {**asdict(s.fedavg), "local": asdict(s.fedavg.local)},
+        "seed": s.seed,
+        "seeds": s.seeds,
+        "report_every": s.report_every,
+        "virtual_examples": s.virtual_examples,
+        "candidates": objective.candidates.to_dict(),
+        "study_config": dict(study_config) if s.scoring == "federated" and study_config else None,
+    }
+    path = directory / "proxy.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)
+    return ObjectiveRecipe(factory=PROXY_FACTORY, kwargs={"path": str(path)})
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; re-run the search so the backend rewrites its "
+                            "inputs")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def load_proxy_objective(*, path: str) -> ProxyObjective:
+    """Rebuild the :class:`ProxyObjective` written by :func:`save_proxy_inputs`.
+
+    Raises:
+        ArtifactError: A file is missing or malformed.
+    """
+    meta_path = Path(path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"cannot read proxy inputs {meta_path} ({err}); re-run the "
+                            "search") from None
+    distilled = DistilledSet.from_arrays(_load_npz(meta_path.parent / "synthetic.npz"))
+    like_meta = meta["like"]
+    like = ImageDataset(like_meta["name"], distilled.images, distilled.labels,
+                        tuple(like_meta["classes"]), tuple(like_meta["mean"]),
+                        tuple(like_meta["std"]))
+    holdout = None
+    if meta["holdout"]:
+        arrays = _load_npz(meta_path.parent / "holdout.npz")
+        holdout = replace(like, images=torch.from_numpy(arrays["images"]),
+                          labels=torch.from_numpy(arrays["labels"]))
+    engine = None
+    if meta["scoring"] == "federated":
+        engine = _engine_from_config(meta["study_config"])
+    fed = dict(meta["fedavg"])
+    fed["local"] = TrainSettings(**fed["local"])
+    counts = meta["client_class_counts"]
+    scorer = ProxyScorer(
+        distilled=distilled, like=like, scoring=meta["scoring"], holdout=holdout, engine=engine,
+        client_class_counts=None if counts is None else np.asarray(counts, dtype=np.int64),
+        fedavg=FedAvgSettings(**fed), seed=int(meta["seed"]), seeds=int(meta["seeds"]),
+        report_every=meta["report_every"], virtual_examples=meta["virtual_examples"],
+    )
+    return ProxyObjective(scorer=scorer, candidates=CandidateFactory.from_dict(meta["candidates"]))
+
+
+def _engine_from_config(config: Mapping[str, Any]) -> Engine:
+    """The study's clients behind an in-process engine (federated scoring in a trial process)."""
+    from distdd_nas.config import from_dict
+    from distdd_nas.federation import InProcessEngine
+    from distdd_nas.federation.registry import default_tasks
+    from distdd_nas.federation.setup import build_federation
+
+    study = from_dict(config, source="proxy inputs")
+    fed = build_federation(study)
+    return InProcessEngine(clients=fed.clients, tasks=default_tasks(),
+                           failure_rate=study.federation.failure_rate, seed=study.study.seed)
+
+
+__all__ = [
+    "PROXY_FACTORY",
+    "SCORINGS",
+    "ProxyObjective",
+    "ProxyScorer",
+    "Pruned",
+    "Reporter",
+    "load_proxy_objective",
+    "save_proxy_inputs",
+    "server_holdout",
+    "split_server_holdout",
+    "synthetic_dataset",
+]

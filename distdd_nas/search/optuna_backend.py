@@ -1,0 +1,345 @@
+"""Optuna backend: ask/tell over a named storage, resumable and safe for several workers.
+
+Storage URLs:
+
+* ``sqlite:///path/optuna.db`` — the default, under the run's ``search/`` directory;
+* ``journal:///abs/path/optuna.log`` (or ``journal://relative/path.log``) — Optuna's
+  :class:`~optuna.storages.JournalStorage` on a journal file with an open-file lock: several
+  local worker processes on one study, no database;
+* any SQLAlchemy URL, e.g. ``postgresql+psycopg2://user@127.0.0.1:5432/db`` — many machines.
+
+Every URL also opens in ``optuna-dashboard`` (journal files as the plain path).
+
+Guarantees, for one worker or several on the same study:
+
+* the study stops at ``n_trials`` finished (COMPLETE or PRUNED) trials: a worker counts them,
+  runs only the remainder, and a trial drawn beyond the target is marked FAIL (user attribute
+  ``surplus``) without being evaluated;
+* an interrupted trial is never lost: ``KeyboardInterrupt``/``SystemExit`` inside the objective
+  marks it FAIL (``interrupted``) and enqueues its parameters again before re-raising; a trial
+  left RUNNING by a worker process that died (``kill -9``) on this host is marked FAIL and
+  re-enqueued when the next worker starts. Completed trials are never evaluated again;
+* the reference candidate is enqueued once, as the first trial of a new study;
+* samplers are seeded from the study seed, so a fresh study with the same seed proposes the same
+  candidates (a resumed study restarts its sampler's random stream, which changes later
+  proposals but never the trials already stored).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from distdd_nas.errors import ConfigError, DistddError, MissingDependencyError
+from distdd_nas.search.backends import (
+    EXTRA_COLUMNS,
+    Objective,
+    ObjectiveRecipe,
+    TrialCallback,
+    empty_trials_frame,
+    order_columns,
+)
+from distdd_nas.search.space import SearchSpace
+from distdd_nas.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+PRUNERS = ("median", "hyperband", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+#: Infeasible candidates are recorded as FAIL; after this many in a row the search stops.
+MAX_CONSECUTIVE_FAILURES = 20
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Storage from a URL; ``journal://<path>`` selects the journal-file backend.
+
+    Raises:
+        ConfigError: The URL cannot be opened (bad scheme, unreachable server, bad path).
+    """
+    if url.startswith("journal://"):
+        path = Path(url.removeprefix("journal://"))
+        if not path.name:
+            raise ConfigError(f"journal storage {url!r} names no file; write "
+                              "journal:///abs/path/optuna.log")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except ImportError as err:
+        raise MissingDependencyError(f"storage {url!r} needs a database driver ({err}); install "
+                                     "it, e.g. pip install -e '.[postgres]'") from None
+    except Exception as err:  # SQLAlchemy raises many kinds (ArgumentError, OperationalError…)
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ConfigError(f"cannot open search storage {url!r} ({type(err).__name__}: {first}); "
+                          "check search.storage (sqlite:///…, journal:///…, postgresql://…)"
+                          ) from None
+
+
+def make_sampler(name: str, *, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """Sampler by name, seeded from the study seed.
+
+    Raises:
+        ConfigError: Unknown name, or ``grid`` over a space with a continuous float.
+        MissingDependencyError: ``cmaes`` without the ``cmaes`` package.
+    """
+    s = derive_seed(seed, "sampler") % 2**32
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=s, n_startup_trials=5)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=s)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=s)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("the cmaes sampler needs the cmaes package; pip install "
+                                         "cmaes, or use search.sampler = \"tpe\"") from None
+        return optuna.samplers.CmaEsSampler(seed=s)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=s)
+    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """Pruner by name (``median`` waits for 3 finished trials and one report).
+
+    Raises:
+        ConfigError: Unknown name.
+    """
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OptunaBackend:
+    """Ask/tell loop over an Optuna study (see the module docstring for the guarantees).
+
+    Example:
+        >>> from distdd_nas.search.space import SearchSpace
+        >>> space = SearchSpace.from_dict(
+        ...     {"params": {"train.lr": {"type": "float", "low": 0.01, "high": 0.1}}})
+        >>> backend = OptunaBackend(space=space, storage="sqlite:///:memory:",
+        ...                         study_name="demo", sampler="random", seed=0)
+        >>> table = backend.optimize(lambda p, r: (p["train.lr"], {}), n_trials=2)
+        >>> list(table["state"])
+        ['COMPLETE', 'COMPLETE']
+    """
+
+    name = "optuna"
+
+    def __init__(
+        self,
+        *,
+        space: SearchSpace,
+        storage: str,
+        study_name: str,
+        sampler: str = "tpe",
+        pruner: str = "none",
+        seed: int = 0,
+        reference: Mapping[str, Any] | None = None,
+        catch: tuple[type[Exception], ...] = (DistddError,),
+    ) -> None:
+        self.space = space
+        self.storage_url = storage
+        self.sampler_name = sampler
+        self.catch = catch
+        self.study = optuna.create_study(
+            storage=make_storage(storage), study_name=study_name, direction="maximize",
+            sampler=make_sampler(sampler, seed=seed, space=space), pruner=make_pruner(pruner),
+            load_if_exists=True,
+        )
+        self._recover_dead_trials()
+        point = space.point(reference) if reference else None
+        if reference and point is None:
+            log.warning("the reference candidate %s is not a point of space %s; not enqueued",
+                        dict(reference), space.name)
+        if point is not None and not self.study.trials:
+            self.study.enqueue_trial(point, user_attrs={"reference": True}, skip_if_exists=True)
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _recover_dead_trials(self) -> None:
+        """Fail RUNNING trials of dead workers on this host and enqueue their params again."""
+        host = socket.gethostname()
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = str(trial.user_attrs.get("worker", ""))
+            worker_host, _, pid = worker.rpartition(":")
+            if worker_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            log.warning("trial %d was left RUNNING by dead worker %s; re-queueing it",
+                        trial.number, worker)
+            self._fail_and_requeue(trial, reason="worker died")
+
+    def _fail_and_requeue(self, trial: FrozenTrial, *, reason: str) -> None:
+        self.study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        attrs = {k: v for k, v in trial.user_attrs.items() if k == "reference"}
+        self.study.enqueue_trial(dict(trial.params), user_attrs={**attrs,
+                                                                 "retry_of": trial.number})
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _count(self, states: tuple[TrialState, ...]) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=states))
+
+    def _target(self, n_trials: int) -> int:
+        if self.sampler_name == "grid" and self.space.size < n_trials:
+            log.warning("grid sampler: space %s has %d points; running %d trials, not %d",
+                        self.space.name, int(self.space.size), int(self.space.size), n_trials)
+            return int(self.space.size)
+        return n_trials
+
+    def optimize(
+        self,
+        objective: Objective | ObjectiveRecipe,
+        *,
+        n_trials: int,
+        timeout_s: float | None = None,
+        callback: TrialCallback | None = None,
+    ) -> pd.DataFrame:
+        """Run trials until the study holds ``n_trials`` finished ones; return the trial table.
+
+        Raises:
+            ConfigError: ``n_trials`` < 1, or too many infeasible candidates in a row.
+            Exception: Whatever the objective raises outside ``catch`` (after recording FAIL).
+        """
+        if n_trials < 1:
+            raise ConfigError(f"n_trials={n_trials} is out of range; use an integer >= 1")
+        fn = objective.build() if isinstance(objective, ObjectiveRecipe) else objective
+        target = self._target(n_trials)
+        distributions = self.space.to_optuna()
+        start = time.monotonic()
+        failures = 0
+        while self._count(FINISHED) < target:
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                log.info("search timeout of %.0f s reached", timeout_s)
+                break
+            if self._count(ALIVE) >= target:
+                break  # other workers are running the remainder
+            trial = self.study.ask(distributions)
+            trial.set_user_attr("worker", _worker_id())
+            ahead = [t for t in self.study.get_trials(deepcopy=False, states=ALIVE)
+                     if t.number < trial.number]
+            if len(ahead) >= target:
+                trial.set_user_attr("surplus", True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                break
+            state = self._run_trial(fn, trial)
+            failures = failures + 1 if state == TrialState.FAIL else 0
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise ConfigError(f"{failures} candidates in a row failed (see fail_reason in "
+                                  "the trial table); check that the search space fits the data")
+            if callback is not None:
+                callback(self._row(self.study._storage.get_trial(trial._trial_id)))
+        return self.trials_frame()
+
+    def _run_trial(self, fn: Objective, trial: optuna.Trial) -> TrialState:
+        params = {**self.space.fixed, **trial.params}
+        start = time.perf_counter()
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}")
+
+        try:
+            value, attrs = fn(params, report)
+        except optuna.TrialPruned:
+            trial.set_user_attr("duration_s", time.perf_counter() - start)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+        except self.catch as err:
+            log.warning("trial %d failed: %s (params %s)", trial.number, err, trial.params)
+            trial.set_user_attr("fail_reason", str(err)[:500])
+            trial.set_user_attr("duration_s", time.perf_counter() - start)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL
+        except (KeyboardInterrupt, SystemExit):
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            self._fail_and_requeue(frozen, reason="interrupted")
+            raise
+        except BaseException:
+            trial.set_user_attr("duration_s", time.perf_counter() - start)
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        for key, attr in attrs.items():
+            trial.set_user_attr(key, attr)
+        trial.set_user_attr("duration_s", time.perf_counter() - start)
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"objective returned {value}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL
+        self.study.tell(trial, float(value))
+        log.info("trial %d: %.4f %s", trial.number, value, trial.params)
+        return TrialState.COMPLETE
+
+    # -- the table ------------------------------------------------------------------------------
+
+    def _row(self, t: FrozenTrial) -> dict[str, Any]:
+        params = {**self.space.fixed, **t.params}
+        a = t.user_attrs
+        return {
+            "number": t.number,
+            "candidate_id": a.get("candidate_id", ""),
+            "value": t.value if t.state == TrialState.COMPLETE else float("nan"),
+            "state": t.state.name,
+            "duration_s": float(a.get("duration_s", float("nan"))),
+            "backend": self.name,
+            **{f"params_{k}": v for k, v in sorted(params.items())},
+            "reference": bool(a.get("reference", False)),
+            "bytes_down": int(a.get("bytes_down", 0)),
+            "bytes_up": int(a.get("bytes_up", 0)),
+            "num_parameters": int(a.get("num_parameters", 0)),
+            "model": str(a.get("model", "")),
+            "fail_reason": str(a.get("fail_reason", "")),
+            "surplus": bool(a.get("surplus", False)),
+        }
+
+    def trials_frame(self) -> pd.DataFrame:
+        """One row per trial: see :data:`~distdd_nas.search.backends.TRIAL_COLUMNS`."""
+        rows = [self._row(t) for t in self.study.get_trials(deepcopy=False)]
+        if not rows:
+            return empty_trials_frame(self.space)
+        frame = order_columns(pd.DataFrame(rows))
+        for col in EXTRA_COLUMNS:
+            assert col in frame.columns
+        return frame
+
+
+__all__ = ["PRUNERS", "SAMPLERS", "OptunaBackend", "make_pruner", "make_sampler", "make_storage"]
