@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset, load_dataset, make_partitioner
 from distdd_nas.distill import resolve_loops, run_distill
-from distdd_nas.distill.client import class_gradients_with
+from distdd_nas.distill.client import GRADIENT_PATHS, GradientPath, class_gradients_with
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.server import (
     aggregate_class_gradients,
@@ -78,7 +78,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="repeats of a matching step")
     p.add_argument("--inner-repeats", type=int, default=3, help="repeats of an inner loop")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--client-path", choices=["fused", "loop", "both"], default="both")
+    p.add_argument("--client-path", choices=[*GRADIENT_PATHS, "all"], default="all",
+                   help="client gradient path(s) to time (see per_class_gradients)")
+    p.add_argument("--no-dc-style", action="store_true",
+                   help="skip the in-situ DC-style reference (one client holding all data, "
+                        "one forward/backward of batch_real images per class)")
     p.add_argument("--no-iteration", action="store_true",
                    help="skip measuring one full iteration with run_distill")
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -100,9 +104,15 @@ def build_setup(args: argparse.Namespace) -> Setup:
     return Setup(train, clients, ArchSpec(depth=args.depth, width=args.width), settings, counts)
 
 
-def engine_for(setup: Setup, fused: bool) -> InProcessEngine:
-    tasks = {**default_tasks(), "class_gradients": class_gradients_with(fused=fused)}
-    return InProcessEngine(clients=setup.clients, tasks=tasks)
+def engine_for(setup: Setup, path: GradientPath, *, centralized: bool = False) -> InProcessEngine:
+    """The benchmark's engine: the setup's clients, or one client holding all their data."""
+    tasks = {**default_tasks(), "class_gradients": class_gradients_with(path=path)}
+    clients = setup.clients
+    if centralized:
+        pool = np.sort(np.concatenate([c.train_indices for c in clients]))
+        clients = [ClientData(cid=0, dataset=setup.train, train_indices=pool,
+                              holdout_indices=np.zeros(0, dtype=np.int64))]
+    return InProcessEngine(clients=clients, tasks=tasks)
 
 
 def median(xs: list[float]) -> float:
@@ -116,7 +126,8 @@ def time_steps(setup: Setup, engine: InProcessEngine, repeats: int) -> dict[str,
     distance = get_distance(s.distance)
     images = init_noise(ipc=s.ipc, num_classes=classes, shape=shape,
                         generator=torch_generator(0, "bench")).requires_grad_(True)
-    take = batch_shares(setup.counts, batch_real=s.batch_real, mode=s.batch_mode)
+    counts = setup.counts if engine.num_clients > 1 else setup.counts.sum(0, keepdims=True)
+    take = batch_shares(counts, batch_real=s.batch_real, mode=s.batch_mode)
     arch_json = json.dumps(setup.arch.to_dict())
     client_s, match_s, flops = [], [], 0.0
     for r in range(repeats + 1):  # the first repeat warms up and counts FLOPs
@@ -124,7 +135,7 @@ def time_steps(setup: Setup, engine: InProcessEngine, repeats: int) -> dict[str,
         params = get_parameters(net)
         msgs = {cid: Message(arrays={**params, "take": take[cid]},
                              config={"arch": arch_json, "seed": derive_seed(0, "bench", r)})
-                for cid in range(len(setup.clients))}
+                for cid in range(engine.num_clients)}
         dim = count_parameters(net)
         t0 = time.perf_counter()
         if r == 0:
@@ -187,9 +198,8 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def measured_iteration(setup: Setup, fused: bool) -> float:
+def measured_iteration(setup: Setup, engine: InProcessEngine) -> float:
     """Seconds of one real run_distill iteration (census and start-up excluded)."""
-    engine = engine_for(setup, fused)
     train = setup.train
     result = run_distill(engine, arch=setup.arch, input_shape=train.input_shape,
                          num_classes=train.num_classes, settings=setup.settings, seed=0)
@@ -203,16 +213,27 @@ def report(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     out["peak_flops"] = peak_flops(setup)
     inner_s = time_inner_loop(setup, inner, args.inner_repeats)
     out["inner_loop_s"] = inner_s
-    paths = ["fused", "loop"] if args.client_path == "both" else [args.client_path]
-    for path in paths:
-        step = time_steps(setup, engine_for(setup, path == "fused"), args.steps)
+    runs: list[tuple[str, GradientPath, bool]] = [
+        (p, p, False) for p in (GRADIENT_PATHS if args.client_path == "all"
+                                else [args.client_path])]
+    if not args.no_dc_style:
+        runs.append(("dc-style", "plain", True))
+    for name, path, centralized in runs:
+        engine = engine_for(setup, path, centralized=centralized)
+        step = time_steps(setup, engine, args.steps)
         est = outer * (step["client_s"] + step["match_s"]) + (outer - 1) * inner_s
         step.update(estimated_iteration_s=est,
                     efficiency=step["client_flops"] / step["client_s"] / out["peak_flops"])
         if not args.no_iteration:
-            step["measured_iteration_s"] = measured_iteration(setup, path == "fused")
-        out[path] = step
+            step["measured_iteration_s"] = measured_iteration(
+                setup, engine_for(setup, path, centralized=centralized))
+        out[name] = step
     return out
+
+
+def iteration_seconds(r: dict[str, float]) -> float:
+    """Measured seconds per iteration where measured, else the estimate from the parts."""
+    return float(r.get("measured_iteration_s", r["estimated_iteration_s"]))
 
 
 def show(out: dict[str, Any], args: argparse.Namespace) -> None:
@@ -224,21 +245,24 @@ def show(out: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"inner loop ({out['inner_loop']} epochs on S): {out['inner_loop_s']:.2f} s "
           f"({out['inner_loop_s'] / max(out['inner_loop'], 1) * 1e3:.0f} ms/step)")
     reference = DC_SECONDS_PER_ITERATION.get(args.ipc)
-    for path in ("fused", "loop"):
-        if path not in out:
+    for name in (*GRADIENT_PATHS, "dc-style"):
+        if name not in out:
             continue
-        r = out[path]
+        r = out[name]
         rate = r["client_flops"] / r["client_s"] / 1e9
-        print(f"[{path}] matching step: client {r['client_s']:.3f} s (min "
+        print(f"[{name}] matching step: client {r['client_s']:.3f} s (min "
               f"{r['client_s_min']:.3f}), server match {r['match_s']:.3f} s; client work "
               f"{r['client_flops'] / 1e9:.2f} GFLOP at {rate:.1f} GFLOP/s = "
               f"{r['efficiency']:.2f} of peak")
-        line = f"[{path}] iteration: estimated {r['estimated_iteration_s']:.1f} s"
+        it = iteration_seconds(r)
+        line = f"[{name}] iteration: estimated {r['estimated_iteration_s']:.1f} s"
         if "measured_iteration_s" in r:
             line += f", measured {r['measured_iteration_s']:.1f} s"
         if reference is not None and args.batch_real == 256 and args.width == 32:
-            it = r.get("measured_iteration_s", r["estimated_iteration_s"])
-            line += f"; DC reference {reference:.1f} s → speed-up ×{reference / it:.2f}"
+            line += f"; notes' DC {reference:.1f} s → ×{reference / it:.2f}"
+        if "dc-style" in out and name != "dc-style":
+            base = iteration_seconds(out["dc-style"])
+            line += f"; in-situ DC-style {base:.1f} s → ×{base / it:.2f}"
         print(line)
 
 

@@ -37,10 +37,16 @@ def worker(clients: int, rounds: int, dataset: str) -> dict[str, float]:
     from distdd_nas.pipeline import fedavg_settings, make_engine, reference_arch
 
     torch.set_num_threads(2)
-    config = load_config(REPO / "studies" / "quickstart.toml", [
-        f"data.name={dataset}", f"partition.num_clients={clients}", "partition.min_size=5",
-        f"fedavg.rounds={rounds}", "fedavg.eval_every=1000",
-    ])
+    config = load_config(
+        REPO / "studies" / "quickstart.toml",
+        [
+            f"data.name={dataset}",
+            f"partition.num_clients={clients}",
+            "partition.min_size=5",
+            f"fedavg.rounds={rounds}",
+            "fedavg.eval_every=1000",
+        ],
+    )
     fed = build_federation(config)
     after_data = rss_mb()
     engine = make_engine(config, fed)
@@ -53,10 +59,17 @@ def worker(clients: int, rounds: int, dataset: str) -> dict[str, float]:
         times.append(now - last)
         last = now
 
-    run_fedavg(engine, arch=reference_arch(config), test=fed.test,
-               settings=fedavg_settings(config), seed=0, on_round=on_round)
-    model = build_model(reference_arch(config), input_shape=fed.train.input_shape,
-                        num_classes=fed.num_classes)
+    run_fedavg(
+        engine,
+        arch=reference_arch(config),
+        test=fed.test,
+        settings=fedavg_settings(config),
+        seed=0,
+        on_round=on_round,
+    )
+    model = build_model(
+        reference_arch(config), input_shape=fed.train.input_shape, num_classes=fed.num_classes
+    )
     return {
         "clients": clients,
         "s_per_round_median": statistics.median(times),
@@ -80,22 +93,38 @@ def main() -> None:
     rows = []
     for n in args.clients:
         proc = subprocess.run(
-            [sys.executable, __file__, "--worker", str(n), "--rounds", str(args.rounds),
-             "--dataset", args.dataset],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(n),
+                "--rounds",
+                str(args.rounds),
+                "--dataset",
+                args.dataset,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"FedAvg on {args.dataset}, quickstart model, 1 local epoch, {args.rounds} rounds")
-    print(f"{'clients':>8} {'s/round':>9} {'rss data MB':>12} {'rss peak MB':>12} {'growth MB':>10}"
-          f" {'model MB':>9}")
+    print(
+        f"{'clients':>8} {'s/round':>9} {'rss data MB':>12} {'rss peak MB':>12} {'growth MB':>10}"
+        f" {'model MB':>9}"
+    )
     for r in rows:
         growth = r["rss_peak_mb"] - r["rss_after_data_mb"]
-        print(f"{r['clients']:>8} {r['s_per_round_median']:>9.2f} {r['rss_after_data_mb']:>12.0f}"
-              f" {r['rss_peak_mb']:>12.0f} {growth:>10.0f} {r['model_mb']:>9.3f}")
+        print(
+            f"{r['clients']:>8} {r['s_per_round_median']:>9.2f} {r['rss_after_data_mb']:>12.0f}"
+            f" {r['rss_peak_mb']:>12.0f} {growth:>10.0f} {r['model_mb']:>9.3f}"
+        )
     base, top = rows[0], rows[-1]
-    print(f"ratio {top['clients']}/{base['clients']} clients: time "
-          f"{top['s_per_round_median'] / base['s_per_round_median']:.2f}x, peak memory "
-          f"{top['rss_peak_mb'] / base['rss_peak_mb']:.2f}x")
+    print(
+        f"ratio {top['clients']}/{base['clients']} clients: time "
+        f"{top['s_per_round_median'] / base['s_per_round_median']:.2f}x, peak memory "
+        f"{top['rss_peak_mb'] / base['rss_peak_mb']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

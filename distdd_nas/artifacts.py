@@ -58,15 +58,16 @@ class StageWriter:
         return target
 
     def json(self, name: str, data: Any) -> None:
-        self.file(name).write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable)
-                                   + "\n", encoding="utf-8")
+        self.file(name).write_text(
+            json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8"
+        )
 
     def csv(self, name: str, frame: pd.DataFrame) -> None:
         frame.to_csv(self.file(name), index=False)
 
     def npz(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
         with self.file(name).open("wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
 
 
 def _jsonable(value: Any) -> Any:
@@ -88,7 +89,7 @@ def stage_in_place(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / MANIFEST).unlink(missing_ok=True)
-    tmp = path / ".partial"
+    tmp = path / f".partial-{os.getpid()}"  # per process: workers may share the directory
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -108,16 +109,23 @@ def stage_in_place(
 def _write_manifest(
     path: Path, fingerprint: str, files: list[str], meta: Mapping[str, Any] | None
 ) -> None:
-    data = {"fingerprint": fingerprint, "files": sorted(set(files) - {MANIFEST}),
-            "completed_unix": time.time(), **(dict(meta) if meta else {})}
+    data = {
+        "fingerprint": fingerprint,
+        "files": sorted(set(files) - {MANIFEST}),
+        "completed_unix": time.time(),
+        **(dict(meta) if meta else {}),
+    }
     tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8"
+    )
     os.replace(tmp, path / MANIFEST)
 
 
 @contextmanager
-def stage(path: Path, *, fingerprint: str, meta: Mapping[str, Any] | None = None) -> Iterator[StageWriter]:
+def stage(
+    path: Path, *, fingerprint: str, meta: Mapping[str, Any] | None = None
+) -> Iterator[StageWriter]:
     """Write a stage atomically: files go to ``path.partial``; on success the manifest is written
     last and the directory replaces ``path``. On any exception the partial directory is removed
     and whatever ``path`` held before is left untouched.

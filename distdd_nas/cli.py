@@ -66,10 +66,22 @@ def cmd_partition(args: argparse.Namespace) -> None:
 
     config, out = _load(args)
     outcome = run_partition(config, out)
-    _print_summary("partition", outcome.summary, (
-        "dataset", "method", "num_clients", "train_examples", "client_size_min",
-        "client_size_max", "classes_per_client_mean", "noisy_clients", "labels_changed",
-    ), outcome.path)
+    _print_summary(
+        "partition",
+        outcome.summary,
+        (
+            "dataset",
+            "method",
+            "num_clients",
+            "train_examples",
+            "client_size_min",
+            "client_size_max",
+            "classes_per_client_mean",
+            "noisy_clients",
+            "labels_changed",
+        ),
+        outcome.path,
+    )
 
 
 def cmd_fedavg(args: argparse.Namespace) -> None:
@@ -81,10 +93,21 @@ def cmd_fedavg(args: argparse.Namespace) -> None:
         outcome = run_fedavg_stage(config, out, progress=bar)
     finally:
         bar.close()
-    _print_summary("fedavg", outcome.summary, (
-        "test_accuracy", "rounds", "num_clients", "model", "num_parameters", "bytes_up",
-        "bytes_down", "wall_s",
-    ), outcome.path)
+    _print_summary(
+        "fedavg",
+        outcome.summary,
+        (
+            "test_accuracy",
+            "rounds",
+            "num_clients",
+            "model",
+            "num_parameters",
+            "bytes_up",
+            "bytes_down",
+            "wall_s",
+        ),
+        outcome.path,
+    )
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -96,14 +119,29 @@ def cmd_distill(args: argparse.Namespace) -> None:
         outcome = run_distill_stage(config, out, cache=Path(args.cache), progress=bar)
     finally:
         bar.close()
-    _print_summary("distill", outcome.summary, (
-        "test_accuracy_mean", "test_accuracy_std", "random_real_accuracy_mean", "ipc",
-        "iterations", "num_clients", "bytes_up", "bytes_down", "cache_hit", "artifact", "wall_s",
-    ), outcome.path)
+    _print_summary(
+        "distill",
+        outcome.summary,
+        (
+            "test_accuracy_mean",
+            "test_accuracy_std",
+            "random_real_accuracy_mean",
+            "ipc",
+            "iterations",
+            "num_clients",
+            "bytes_up",
+            "bytes_down",
+            "cache_hit",
+            "artifact",
+            "wall_s",
+        ),
+        outcome.path,
+    )
 
 
-def _staged(name: str, fn_name: str, keys: Sequence[str], *, cache: bool = True,
-            bar: bool = True) -> Callable[[argparse.Namespace], None]:
+def _staged(
+    name: str, fn_name: str, keys: Sequence[str], *, cache: bool = True, bar: bool = True
+) -> Callable[[argparse.Namespace], None]:
     """A subcommand that runs one pipeline stage function and prints its summary."""
 
     def command(args: argparse.Namespace) -> None:
@@ -125,15 +163,41 @@ def _staged(name: str, fn_name: str, keys: Sequence[str], *, cache: bool = True,
     return command
 
 
-cmd_search = _staged("search", "run_search_stage", (
-    "backend", "space", "n_trials", "best_value", "bytes_down", "storage", "wall_s"))
-cmd_validate = _staged("validate", "run_validate_stage", (
-    "n_validated", "kendall_tau", "spearman_rho", "top1_regret", "topk_overlap",
-    "best_fedavg_accuracy", "wall_s"), cache=False)
-cmd_report = _staged("report", "run_report_stage", (
-    "kendall_tau", "spearman_rho", "top1_regret", "n_trials", "n_validated",
-    "bytes_distdd_total", "bytes_fedavg_nas_total", "comm_ratio", "break_even_candidates"),
-    bar=False)
+cmd_search = _staged(
+    "search",
+    "run_search_stage",
+    ("backend", "space", "n_trials", "best_value", "bytes_down", "storage", "wall_s"),
+)
+cmd_validate = _staged(
+    "validate",
+    "run_validate_stage",
+    (
+        "n_validated",
+        "kendall_tau",
+        "spearman_rho",
+        "top1_regret",
+        "topk_overlap",
+        "best_fedavg_accuracy",
+        "wall_s",
+    ),
+    cache=False,
+)
+cmd_report = _staged(
+    "report",
+    "run_report_stage",
+    (
+        "kendall_tau",
+        "spearman_rho",
+        "top1_regret",
+        "n_trials",
+        "n_validated",
+        "bytes_distdd_total",
+        "bytes_fedavg_nas_total",
+        "comm_ratio",
+        "break_even_candidates",
+    ),
+    bar=False,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -151,10 +215,24 @@ def cmd_run(args: argparse.Namespace) -> None:
     finally:
         for bar in bars:
             bar.close()
-    _print_summary("report", outcome.summary, (
-        "kendall_tau", "spearman_rho", "top1_regret", "n_trials", "n_validated",
-        "distilled_accuracy", "random_real_accuracy", "bytes_distdd_total",
-        "bytes_fedavg_nas_total", "comm_ratio", "break_even_candidates"), outcome.path)
+    _print_summary(
+        "report",
+        outcome.summary,
+        (
+            "kendall_tau",
+            "spearman_rho",
+            "top1_regret",
+            "n_trials",
+            "n_validated",
+            "distilled_accuracy",
+            "random_real_accuracy",
+            "bytes_distdd_total",
+            "bytes_fedavg_nas_total",
+            "comm_ratio",
+            "break_even_candidates",
+        ),
+        outcome.path,
+    )
     print(f"report: {outcome.path / 'report.md'}")
 
 
@@ -176,11 +254,19 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def _add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study file, e.g. studies/smoke.toml")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value (TOML literal), e.g. --set fedavg.rounds=5")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value (TOML literal), e.g. --set fedavg.rounds=5",
+    )
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<study name>)")
-    p.add_argument("--cache", metavar="DIR", default="artifacts",
-                   help="content-addressed cache of distilled sets (default: artifacts)")
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        default="artifacts",
+        help="content-addressed cache of distilled sets (default: artifacts)",
+    )
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
@@ -195,15 +281,20 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="DistDD-based architecture search for federated learning")
+    parser = _Parser(
+        prog=PROG, description="DistDD-based architecture search for federated learning"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_study_args(p)
         p.set_defaults(func=fn)
-    p = sub.add_parser("inspect", help="summarise a run directory",
-                       description="summarise a run directory: stages, completion, key figures")
+    p = sub.add_parser(
+        "inspect",
+        help="summarise a run directory",
+        description="summarise a run directory: stages, completion, key figures",
+    )
     p.add_argument("dir", help="run directory, e.g. runs/smoke")
     p.set_defaults(func=cmd_inspect)
     return parser
@@ -225,7 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; completed stages are kept, re-run to continue", file=sys.stderr)
+        print(
+            f"{PROG}: interrupted; completed stages are kept, re-run to continue", file=sys.stderr
+        )
         return 130
     return 0
 

@@ -202,7 +202,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"bad override {text!r}; write --set section.key=value (e.g. fedavg.rounds=5)")
+        raise ConfigError(
+            f"bad override {text!r}; write --set section.key=value (e.g. fedavg.rounds=5)"
+        )
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -236,7 +238,9 @@ def from_dict(data: Mapping[str, Any], *, source: str = "config") -> StudyConfig
     try:
         return StudyConfig.model_validate(dict(data))
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_describe(err)}; fix the study file or the --set override") from None
+        raise ConfigError(
+            f"{source}: {_describe(err)}; fix the study file or the --set override"
+        ) from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
@@ -246,7 +250,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"study file {str(path)!r} not found; pass a path such as studies/smoke.toml")
+        raise ConfigError(
+            f"study file {str(path)!r} not found; pass a path such as studies/smoke.toml"
+        )
     try:
         tree = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -258,7 +264,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     return from_dict(tree, source=str(path))
 
 
-def fingerprint(config: StudyConfig, sections: Iterable[str] | None = None, *, extra: Any = None) -> str:
+def fingerprint(
+    config: StudyConfig, sections: Iterable[str] | None = None, *, extra: Any = None
+) -> str:
     """Short content hash of the named sections (all when None) plus optional extra data."""
     full = config.to_dict()
     chosen = full if sections is None else {name: full[name] for name in sections}

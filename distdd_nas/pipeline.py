@@ -1,4 +1,4 @@
-"""Stages of a study: wire the pure cores to files. The only module (with the CLI) that knows paths.
+"""Stages of a study: wire the pure cores to files; with the CLI, the only module that knows paths.
 
 Each stage function takes a validated :class:`StudyConfig`, an output directory and an optional
 progress callback, runs the pure cores, and writes its directory atomically through
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,12 +33,18 @@ from distdd_nas.artifacts import (
 )
 from distdd_nas.config import StudyConfig, fingerprint
 from distdd_nas.data import ImageDataset
-from distdd_nas.distill import DistilledSet, evaluate_synthetic, random_real_subset, run_distill
+from distdd_nas.distill import (
+    DistilledSet,
+    DistillResult,
+    evaluate_synthetic,
+    random_real_subset,
+    run_distill,
+)
 from distdd_nas.errors import ArtifactError, ConfigError
-from distdd_nas.federation import Engine, InProcessEngine
+from distdd_nas.federation import Engine, InProcessEngine, Ledger
 from distdd_nas.federation.registry import default_tasks
 from distdd_nas.federation.setup import Federation, build_federation
-from distdd_nas.fl.fedavg import FedAvgSettings, run_fedavg
+from distdd_nas.fl.fedavg import FedAvgResult, FedAvgSettings, run_fedavg
 from distdd_nas.models import ArchSpec, build_model, count_parameters
 from distdd_nas.report.metrics import (
     CostComparison,
@@ -61,6 +68,9 @@ from distdd_nas.search.ranking import rank_trials, select_for_validation
 from distdd_nas.search.space import SearchSpace
 from distdd_nas.seeding import derive_seed
 from distdd_nas.training import TrainSettings
+
+if TYPE_CHECKING:
+    from distdd_nas.federation.flower_app import ServerRun
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +145,128 @@ def check_model_fits(config: StudyConfig, federation: Federation) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# server algorithms on an engine: in-process, or inside a Flower ServerApp
+# --------------------------------------------------------------------------------------------
+
+
+def distill_on_engine(
+    config: StudyConfig,
+    engine: Engine,
+    *,
+    like: ImageDataset,
+    on_progress: Callable[[dict[str, float]], None] | None = None,
+) -> DistillResult:
+    """The study's DistDD run on any engine (the same call in-process and on Flower).
+
+    ``like`` gives the image shape and class count (metadata the server knows, not data).
+    """
+    return run_distill(
+        engine,
+        arch=reference_arch(config),
+        input_shape=like.input_shape,
+        num_classes=like.num_classes,
+        settings=config.distill,
+        fraction=config.federation.fraction,
+        seed=config.study.seed,
+        on_iteration=on_progress,
+    )
+
+
+def fedavg_on_engine(
+    config: StudyConfig,
+    engine: Engine,
+    *,
+    test: ImageDataset,
+    on_progress: Callable[[dict[str, float]], None] | None = None,
+) -> FedAvgResult:
+    """The study's FedAvg of its reference model on any engine."""
+    return run_fedavg(
+        engine,
+        arch=reference_arch(config),
+        test=test,
+        settings=fedavg_settings(config),
+        seed=config.study.seed,
+        on_round=on_progress,
+    )
+
+
+def flower_distill(run: ServerRun) -> dict[str, Any]:
+    """ServerApp entry point: DistDD inside Flower; arrays come back through result.npz."""
+    assert run.study is not None, "flower_distill needs the study config in the run config"
+    result = distill_on_engine(run.study, run.engine, like=build_federation(run.study).train)
+    return {
+        **result.synthetic.to_arrays(),
+        "client_class_counts": result.client_class_counts,
+        "history": result.history.to_dict(orient="list"),
+        "wall_s": result.wall_s,
+    }
+
+
+def flower_fedavg(run: ServerRun) -> dict[str, Any]:
+    """ServerApp entry point: FedAvg of the reference model inside Flower."""
+    assert run.study is not None, "flower_fedavg needs the study config in the run config"
+    result = fedavg_on_engine(run.study, run.engine, test=build_federation(run.study).test)
+    return {
+        **{f"param/{k}": v for k, v in result.parameters.items()},
+        "history": result.history.to_dict(orient="list"),
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "rounds": result.rounds,
+        "wall_s": result.wall_s,
+    }
+
+
+def on_federation(
+    config: StudyConfig,
+    fed: Federation,
+    algorithm: str,
+    *,
+    on_progress: Callable[[dict[str, float]], None] | None = None,
+    out: Path | None = None,
+) -> tuple[Any, Ledger]:
+    """Run ``distill`` or ``fedavg`` on the configured engine; return (result, ledger).
+
+    ``federation.engine = "flower"`` runs the same server function inside a Flower ServerApp
+    (simulation or deployment runtime) and reads its outputs back.
+    """
+    if config.federation.engine == "inprocess":
+        engine = make_engine(config, fed)
+        try:
+            if algorithm == "distill":
+                result = distill_on_engine(config, engine, like=fed.train, on_progress=on_progress)
+                return result, engine.ledger
+            return fedavg_on_engine(
+                config, engine, test=fed.test, on_progress=on_progress
+            ), engine.ledger
+        finally:
+            engine.close()
+    from distdd_nas.federation.flower_run import run_on_flower
+
+    with tempfile.TemporaryDirectory(prefix=f"distdd-flower-{algorithm}-") as tmp:
+        run = run_on_flower(
+            config, server_fn=f"distdd_nas.pipeline:flower_{algorithm}", out_dir=Path(tmp)
+        )
+    if algorithm == "distill":
+        synthetic = DistilledSet.from_arrays(run.arrays)
+        history = pd.DataFrame(run.result["history"])
+        return DistillResult(
+            synthetic,
+            history,
+            np.asarray(run.arrays["client_class_counts"]),
+            float(run.result["wall_s"]),
+        ), run.ledger
+    params = {k.removeprefix("param/"): v for k, v in run.arrays.items()}
+    return FedAvgResult(
+        parameters=params,
+        history=pd.DataFrame(run.result["history"]),
+        test_accuracy=float(run.result["test_accuracy"]),
+        test_loss=float(run.result["test_loss"]),
+        rounds=int(run.result["rounds"]),
+        wall_s=float(run.result["wall_s"]),
+    ), run.ledger
+
+
+# --------------------------------------------------------------------------------------------
 # partition
 # --------------------------------------------------------------------------------------------
 
@@ -147,11 +279,13 @@ def run_partition(config: StudyConfig, out: Path) -> StageOutcome:
     sizes = counts.sum(axis=1)
     noise = fed.noise
     changed = noise.changed_per_client
-    noise_table = pd.DataFrame({
-        "client": range(fed.num_clients),
-        "noisy": [c in noise.noisy_clients for c in range(fed.num_clients)],
-        "labels_changed": [int(changed.get(c, 0)) for c in range(fed.num_clients)],
-    })
+    noise_table = pd.DataFrame(
+        {
+            "client": range(fed.num_clients),
+            "noisy": [c in noise.noisy_clients for c in range(fed.num_clients)],
+            "labels_changed": [int(changed.get(c, 0)) for c in range(fed.num_clients)],
+        }
+    )
     summary = {
         "dataset": config.data.name,
         "method": config.partition.method,
@@ -182,30 +316,20 @@ def run_partition(config: StudyConfig, out: Path) -> StageOutcome:
 # --------------------------------------------------------------------------------------------
 
 
-def run_fedavg_stage(config: StudyConfig, out: Path, *, progress: Progress | None = None) -> StageOutcome:
+def run_fedavg_stage(
+    config: StudyConfig, out: Path, *, progress: Progress | None = None
+) -> StageOutcome:
     """Train the reference model with FedAvg on the clients; write history, ledger, summary."""
     start = time.perf_counter()
     fed = build_federation(config)
     num_params = check_model_fits(config, fed)
-    engine = make_engine(config, fed)
     settings = fedavg_settings(config)
 
     def on_round(row: dict[str, float]) -> None:
         if progress is not None:
             progress(int(row["round"]), settings.rounds, row)
 
-    try:
-        result = run_fedavg(
-            engine,
-            arch=reference_arch(config),
-            test=fed.test,
-            settings=settings,
-            seed=config.study.seed,
-            on_round=on_round,
-        )
-    finally:
-        engine.close()
-    ledger = engine.ledger
+    result, ledger = on_federation(config, fed, "fedavg", on_progress=on_round)
     summary = {
         "test_accuracy": result.test_accuracy,
         "test_loss": result.test_loss,
@@ -221,7 +345,10 @@ def run_fedavg_stage(config: StudyConfig, out: Path, *, progress: Progress | Non
     }
     write_config(config, out)
     path = out / "fedavg"
-    with stage(path, fingerprint=fingerprint(config, (*PARTITION_SECTIONS, "model", "federation", "fedavg"))) as w:
+    with stage(
+        path,
+        fingerprint=fingerprint(config, (*PARTITION_SECTIONS, "model", "federation", "fedavg")),
+    ) as w:
         w.json("summary.json", summary)
         w.csv("history.csv", result.history)
         w.csv("ledger.csv", ledger.to_frame())
@@ -244,7 +371,8 @@ def load_distilled(path: Path) -> DistilledSet:
     """Read ``synthetic.npz`` of a complete distillation directory (no pickle)."""
     if not is_complete(path):
         raise ArtifactError(
-            f"{path} holds no complete distilled set; run 'distdd-nas distill' for this study first"
+            f"{path} holds no complete distilled set; "
+            "run 'distdd-nas distill' for this study first"
         )
     return DistilledSet.from_arrays(load_npz(path / "synthetic.npz"))
 
@@ -256,52 +384,50 @@ def run_distill_stage(
     start = time.perf_counter()
     fed = build_federation(config)
     check_model_fits(config, fed)
-    arch = reference_arch(config)
     fp = fingerprint(config, DISTILL_SECTIONS)
     cached = distilled_dir(config, cache)
     hit = is_complete(cached, fp)
     if not hit:
-        engine = make_engine(config, fed)
-        settings = config.distill
-        total = settings.iterations
+        total = config.distill.iterations
 
         def on_iteration(row: dict[str, float]) -> None:
             if progress is not None:
                 progress(int(row["iteration"]) + 1, total, row)
 
-        try:
-            result = run_distill(
-                engine, arch=arch, input_shape=fed.train.input_shape,
-                num_classes=fed.num_classes, settings=settings,
-                fraction=config.federation.fraction, seed=config.study.seed,
-                on_iteration=on_iteration,
-            )
-        finally:
-            engine.close()
+        result, ledger = on_federation(config, fed, "distill", on_progress=on_iteration)
         counts = pd.DataFrame(result.client_class_counts).rename_axis("client").reset_index()
-        with stage(cached, fingerprint=fp, meta={"stage": "distill", "wall_s": result.wall_s,
-                                                  "bytes_up": engine.ledger.bytes_up,
-                                                  "bytes_down": engine.ledger.bytes_down}) as w:
+        with stage(
+            cached,
+            fingerprint=fp,
+            meta={
+                "stage": "distill",
+                "wall_s": result.wall_s,
+                "bytes_up": ledger.bytes_up,
+                "bytes_down": ledger.bytes_down,
+            },
+        ) as w:
             w.npz("synthetic.npz", result.synthetic.to_arrays())
             w.csv("history.csv", result.history)
-            w.csv("comm.csv", engine.ledger.to_frame())
+            w.csv("comm.csv", ledger.to_frame())
             w.csv("class_counts.csv", counts)
             save_image_grid(result.synthetic, fed.train, w.file("grid.png"))
     manifest = read_manifest(cached) or {}
     synthetic = load_distilled(cached)
     summary = evaluate_distilled_summary(config, fed, synthetic)
-    summary.update({
-        "ipc": config.distill.ipc,
-        "iterations": config.distill.iterations,
-        "num_clients": fed.num_clients,
-        "bytes_up": int(manifest.get("bytes_up", 0)),
-        "bytes_down": int(manifest.get("bytes_down", 0)),
-        "distill_wall_s": float(manifest.get("wall_s", 0.0)),
-        "cache_hit": hit,
-        "artifact": str(cached),
-        "fingerprint": fp,
-        "wall_s": time.perf_counter() - start,
-    })
+    summary.update(
+        {
+            "ipc": config.distill.ipc,
+            "iterations": config.distill.iterations,
+            "num_clients": fed.num_clients,
+            "bytes_up": int(manifest.get("bytes_up", 0)),
+            "bytes_down": int(manifest.get("bytes_down", 0)),
+            "distill_wall_s": float(manifest.get("wall_s", 0.0)),
+            "cache_hit": hit,
+            "artifact": str(cached),
+            "fingerprint": fp,
+            "wall_s": time.perf_counter() - start,
+        }
+    )
     write_config(config, out)
     path = out / "distill"
     with stage(path, fingerprint=fp) as w:
@@ -319,16 +445,27 @@ def evaluate_distilled_summary(
     arch = reference_arch(config)
     seed = config.study.seed
     mean, std, accs = evaluate_synthetic(
-        synthetic.images, synthetic.labels, arch=arch, test=fed.test,
-        settings=config.distill.eval, seed=derive_seed(seed, "eval", "synthetic"),
+        synthetic.images,
+        synthetic.labels,
+        arch=arch,
+        test=fed.test,
+        settings=config.distill.eval,
+        seed=derive_seed(seed, "eval", "synthetic"),
     )
     pool = np.concatenate(fed.split.client_indices)
     real_x, real_y = random_real_subset(
-        fed.train, pool, ipc=config.distill.ipc, num_classes=fed.num_classes,
+        fed.train,
+        pool,
+        ipc=config.distill.ipc,
+        num_classes=fed.num_classes,
         seed=derive_seed(seed, "eval", "random_real"),
     )
     r_mean, r_std, _ = evaluate_synthetic(
-        real_x, real_y, arch=arch, test=fed.test, settings=config.distill.eval,
+        real_x,
+        real_y,
+        arch=arch,
+        test=fed.test,
+        settings=config.distill.eval,
         seed=derive_seed(seed, "eval", "random_real_nets"),
     )
     return {
@@ -345,8 +482,9 @@ def evaluate_distilled_summary(
 
 def save_image_grid(synthetic: DistilledSet, like: ImageDataset, path: Path) -> None:
     """A PNG grid of the synthetic images, one row per class, de-normalised for viewing."""
-    fig = image_grid_figure(synthetic.images, synthetic.labels, mean=like.mean, std=like.std,
-                            classes=like.classes)
+    fig = image_grid_figure(
+        synthetic.images, synthetic.labels, mean=like.mean, std=like.std, classes=like.classes
+    )
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
@@ -375,8 +513,11 @@ def inspect_run(out: Path) -> dict[str, Any]:
         complete = is_complete(path)
         summary = load_json(path / "summary.json") if complete else None
         stages[name] = {"complete": complete, "summary": summary}
-    return {"study": config.get("study", {}).get("name"), "fingerprint": config.get("fingerprint"),
-            "stages": stages}
+    return {
+        "study": config.get("study", {}).get("name"),
+        "fingerprint": config.get("fingerprint"),
+        "stages": stages,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,15 +526,28 @@ def inspect_run(out: Path) -> dict[str, Any]:
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 #: Search settings that define *which* study a trial belongs to (not how many trials to run).
-SEARCH_IDENTITY = ("space", "scoring", "epochs", "lr", "momentum", "weight_decay", "batch_size",
-                   "sampler", "pruner", "backend")
+SEARCH_IDENTITY = (
+    "space",
+    "scoring",
+    "epochs",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "sampler",
+    "pruner",
+    "backend",
+)
 
 
 def load_space(config: StudyConfig) -> SearchSpace:
     """The study's search space: a path, or a name under ``search_spaces/``."""
     name = config.search.space
-    for candidate in (Path(name), Path("search_spaces") / f"{name}.toml",
-                      SPACES_DIR / f"{name}.toml"):
+    for candidate in (
+        Path(name),
+        Path("search_spaces") / f"{name}.toml",
+        SPACES_DIR / f"{name}.toml",
+    ):
         if candidate.is_file():
             return SearchSpace.load(candidate)
     known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
@@ -407,8 +561,14 @@ def search_fingerprint(config: StudyConfig) -> str:
 
 def proxy_train_settings(config: StudyConfig) -> TrainSettings:
     s = config.search
-    return TrainSettings(epochs=s.epochs, lr=s.lr, momentum=s.momentum,
-                         weight_decay=s.weight_decay, batch_size=s.batch_size, decay_at_half=True)
+    return TrainSettings(
+        epochs=s.epochs,
+        lr=s.lr,
+        momentum=s.momentum,
+        weight_decay=s.weight_decay,
+        batch_size=s.batch_size,
+        decay_at_half=True,
+    )
 
 
 def candidate_factory(config: StudyConfig) -> Callable[[Mapping[str, Any]], Candidate]:
@@ -422,9 +582,14 @@ def reference_params(config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
     arch = reference_arch(config).to_dict()
     train = vars(proxy_train_settings(config))
     base = fedavg_settings(config)
-    fed = {"lr": base.local.lr, "local_epochs": base.local.epochs,
-           "batch_size": base.local.batch_size, "server_lr": base.server_lr,
-           "momentum": base.local.momentum, "rounds": base.rounds}
+    fed = {
+        "lr": base.local.lr,
+        "local_epochs": base.local.epochs,
+        "batch_size": base.local.batch_size,
+        "server_lr": base.server_lr,
+        "momentum": base.local.momentum,
+        "rounds": base.rounds,
+    }
     values = {"arch": arch, "train": train, "fedavg": fed}
     out = {}
     for p in space.params:
@@ -436,8 +601,9 @@ def reference_params(config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def ensure_distilled(config: StudyConfig, out: Path, *, cache: Path,
-                     progress: Progress | None = None) -> Path:
+def ensure_distilled(
+    config: StudyConfig, out: Path, *, cache: Path, progress: Progress | None = None
+) -> Path:
     """The study's distilled set directory, distilling first when it is not cached yet."""
     path = distilled_dir(config, cache)
     if not is_complete(path, fingerprint(config, DISTILL_SECTIONS)):
@@ -445,8 +611,9 @@ def ensure_distilled(config: StudyConfig, out: Path, *, cache: Path,
     return path
 
 
-def run_search_stage(config: StudyConfig, out: Path, *, cache: Path,
-                     progress: Progress | None = None) -> StageOutcome:
+def run_search_stage(
+    config: StudyConfig, out: Path, *, cache: Path, progress: Progress | None = None
+) -> StageOutcome:
     """Optuna (or NNI) search on the distilled set; resumable; writes ``DIR/search/``."""
     start = time.perf_counter()
     space = load_space(config)
@@ -457,9 +624,14 @@ def run_search_stage(config: StudyConfig, out: Path, *, cache: Path,
     seed = config.study.seed
     engine = make_engine(config, fed) if config.search.scoring == "federated" else None
     scorer = ProxyScorer(
-        distilled=synthetic, like=fed.train, scoring=config.search.scoring,
-        holdout=server_holdout(fed.test, seed=seed), engine=engine,
-        client_class_counts=counts, fedavg=fedavg_settings(config), seed=seed,
+        distilled=synthetic,
+        like=fed.train,
+        scoring=config.search.scoring,
+        holdout=server_holdout(fed.test, seed=seed),
+        engine=engine,
+        client_class_counts=counts,
+        fedavg=fedavg_settings(config),
+        seed=seed,
     )
     make = candidate_factory(config)
     n_trials = config.search.n_trials
@@ -469,9 +641,11 @@ def run_search_stage(config: StudyConfig, out: Path, *, cache: Path,
         down = engine.ledger.bytes_down if engine else 0
         up = engine.ledger.bytes_up if engine else 0
         value = scorer(candidate, report)
-        attrs = {"candidate_id": candidate.candidate_id,
-                 "bytes_down": (engine.ledger.bytes_down - down) if engine else 0,
-                 "bytes_up": (engine.ledger.bytes_up - up) if engine else 0}
+        attrs = {
+            "candidate_id": candidate.candidate_id,
+            "bytes_down": (engine.ledger.bytes_down - down) if engine else 0,
+            "bytes_up": (engine.ledger.bytes_up - up) if engine else 0,
+        }
         if progress is not None:
             progress(0, n_trials, {"value": value})
         return value, attrs
@@ -480,8 +654,14 @@ def run_search_stage(config: StudyConfig, out: Path, *, cache: Path,
     search_dir.mkdir(parents=True, exist_ok=True)
     storage = config.search.storage or f"sqlite:///{(search_dir / 'optuna.db').resolve()}"
     study_name = f"{config.study.name}-{search_fingerprint(config)}"
-    backend = create_backend(config, space=space, storage=storage, study_name=study_name,
-                             workdir=search_dir, reference=reference_params(config, space))
+    backend = create_backend(
+        config,
+        space=space,
+        storage=storage,
+        study_name=study_name,
+        workdir=search_dir,
+        reference=reference_params(config, space),
+    )
     trials = backend.optimize(objective, n_trials=n_trials)
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     summary = {
@@ -490,7 +670,7 @@ def run_search_stage(config: StudyConfig, out: Path, *, cache: Path,
         "space_size": space.size,
         "study_name": study_name,
         "storage": storage,
-        "n_trials": int(len(finished)),
+        "n_trials": len(finished),
         "n_complete": int((trials["state"] == "COMPLETE").sum()),
         "best_value": float(finished["value"].max()) if len(finished) else float("nan"),
         "bytes_up": int(trials["bytes_up"].sum()),
@@ -505,18 +685,36 @@ def run_search_stage(config: StudyConfig, out: Path, *, cache: Path,
     return StageOutcome(search_dir, summary)
 
 
-def create_backend(config: StudyConfig, *, space: SearchSpace, storage: str, study_name: str,
-                   workdir: Path, reference: Mapping[str, Any]) -> SearchBackend:
+def create_backend(
+    config: StudyConfig,
+    *,
+    space: SearchSpace,
+    storage: str,
+    study_name: str,
+    workdir: Path,
+    reference: Mapping[str, Any],
+) -> SearchBackend:
     """The configured search backend (keyword-only factory; NNI needs the ``nni`` extra)."""
     s = config.search
     if s.backend == "optuna":
-        return OptunaBackend(space=space, storage=storage, study_name=study_name,
-                             sampler=s.sampler, pruner=s.pruner, seed=config.study.seed,
-                             reference=reference or None)
+        return OptunaBackend(
+            space=space,
+            storage=storage,
+            study_name=study_name,
+            sampler=s.sampler,
+            pruner=s.pruner,
+            seed=config.study.seed,
+            reference=reference or None,
+        )
     from distdd_nas.search.nni_backend import NniBackend
 
-    return NniBackend(space=space, workdir=workdir / "nni", tuner=s.sampler,
-                      seed=config.study.seed, study_name=study_name)
+    return NniBackend(
+        space=space,
+        workdir=workdir / "nni",
+        tuner=s.sampler,
+        seed=config.study.seed,
+        study_name=study_name,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,60 +722,88 @@ def create_backend(config: StudyConfig, *, space: SearchSpace, storage: str, stu
 # --------------------------------------------------------------------------------------------
 
 
-def run_validate_stage(config: StudyConfig, out: Path, *, progress: Progress | None = None) -> StageOutcome:
+def run_validate_stage(
+    config: StudyConfig, out: Path, *, progress: Progress | None = None
+) -> StageOutcome:
     """Real FedAvg on the proxy's top-k plus seeded random controls; rank correlations."""
     start = time.perf_counter()
     trials_path = out / "search" / "trials.csv"
     if not is_complete(out / "search"):
-        raise ArtifactError(f"{out / 'search'} holds no finished search; run 'distdd-nas search' "
-                            "for this study first")
+        raise ArtifactError(
+            f"{out / 'search'} holds no finished search; run 'distdd-nas search' "
+            "for this study first"
+        )
     trials = pd.read_csv(trials_path)
     ranking = rank_trials(trials)
     v = config.validate_
-    selection = select_for_validation(ranking, top_k=v.top_k, n_random=v.n_random,
-                                      seed=derive_seed(config.study.seed, "validate"))
+    selection = select_for_validation(
+        ranking,
+        top_k=v.top_k,
+        n_random=v.n_random,
+        seed=derive_seed(config.study.seed, "validate"),
+    )
     fed = build_federation(config)
     make = candidate_factory(config)
     base = fedavg_settings(config)
     rows, ledgers = [], []
     for i, row in selection.iterrows():
-        params = {c.removeprefix("params_"): row[c] for c in selection.columns
-                  if c.startswith("params_") and pd.notna(row[c])}
+        params = {
+            c.removeprefix("params_"): row[c]
+            for c in selection.columns
+            if c.startswith("params_") and pd.notna(row[c])
+        }
         candidate = make(params)
         engine = make_engine(config, fed)
-        result = run_fedavg(engine, arch=candidate.arch, test=fed.test,
-                            settings=candidate.fedavg_settings(base), seed=config.study.seed)
-        model = build_model(candidate.arch, input_shape=fed.train.input_shape,
-                            num_classes=fed.num_classes)
-        rows.append({
-            "candidate_id": candidate.candidate_id, "selected_as": row["selected_as"],
-            "proxy_rank": int(row["proxy_rank"]), "proxy_score": float(row["value"]),
-            "fedavg_accuracy": result.test_accuracy, "model": candidate.arch.short_name(),
-            "num_parameters": count_parameters(model), "rounds": result.rounds,
-            "bytes_up": engine.ledger.bytes_up, "bytes_down": engine.ledger.bytes_down,
-            "wall_s": result.wall_s,
-        })
+        result = run_fedavg(
+            engine,
+            arch=candidate.arch,
+            test=fed.test,
+            settings=candidate.fedavg_settings(base),
+            seed=config.study.seed,
+        )
+        model = build_model(
+            candidate.arch, input_shape=fed.train.input_shape, num_classes=fed.num_classes
+        )
+        rows.append(
+            {
+                "candidate_id": candidate.candidate_id,
+                "selected_as": row["selected_as"],
+                "proxy_rank": int(row["proxy_rank"]),
+                "proxy_score": float(row["value"]),
+                "fedavg_accuracy": result.test_accuracy,
+                "model": candidate.arch.short_name(),
+                "num_parameters": count_parameters(model),
+                "rounds": result.rounds,
+                "bytes_up": engine.ledger.bytes_up,
+                "bytes_down": engine.ledger.bytes_down,
+                "wall_s": result.wall_s,
+            }
+        )
         ledgers.append(engine.ledger.to_frame().assign(candidate_id=candidate.candidate_id))
         if progress is not None:
             progress(int(i) + 1, len(selection), {"test_accuracy": result.test_accuracy})
     table = pd.DataFrame(rows)
     proxy, acc = table["proxy_score"].to_numpy(), table["fedavg_accuracy"].to_numpy()
     summary = {
-        "n_validated": len(table), "top_k": v.top_k, "n_random": v.n_random,
-        "kendall_tau": kendall_tau(proxy, acc), "spearman_rho": spearman_rho(proxy, acc),
+        "n_validated": len(table),
+        "top_k": v.top_k,
+        "n_random": v.n_random,
+        "kendall_tau": kendall_tau(proxy, acc),
+        "spearman_rho": spearman_rho(proxy, acc),
         "top1_regret": top1_regret(proxy, acc) if len(table) else float("nan"),
         "topk_overlap": topk_overlap(proxy, acc, v.top_k),
         "best_fedavg_accuracy": float(acc.max()) if len(acc) else float("nan"),
-        "bytes_up": int(table["bytes_up"].sum()), "bytes_down": int(table["bytes_down"].sum()),
+        "bytes_up": int(table["bytes_up"].sum()),
+        "bytes_down": int(table["bytes_down"].sum()),
         "wall_s": time.perf_counter() - start,
     }
-    fp = fingerprint(config, (*DISTILL_SECTIONS, "search", "fedavg", "validate"),
-                     extra=trials.to_json())
+    fp = fingerprint(
+        config, (*DISTILL_SECTIONS, "search", "fedavg", "validate"), extra=trials.to_json()
+    )
     with stage(out / "validate", fingerprint=fp) as w:
         w.csv("validation.csv", table)
         w.csv("ranking.csv", ranking)
-        w.csv("ledger.csv", pd.concat(ledgers, ignore_index=True) if ledgers
-              else pd.DataFrame())
+        w.csv("ledger.csv", pd.concat(ledgers, ignore_index=True) if ledgers else pd.DataFrame())
         w.json("summary.json", summary)
     return StageOutcome(out / "validate", summary)
 
@@ -595,17 +821,23 @@ def cost_comparison(config: StudyConfig, out: Path, *, cache: Path) -> CostCompa
     trials = pd.read_csv(out / "search" / "trials.csv")
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     validation = pd.read_csv(out / "validate" / "validation.csv")
-    bytes_per_param = float((validation["bytes_up"] + validation["bytes_down"]).sum()
-                            / validation["num_parameters"].sum())
+    bytes_per_param = float(
+        (validation["bytes_up"] + validation["bytes_down"]).sum()
+        / validation["num_parameters"].sum()
+    )
     s_per_param = float(validation["wall_s"].sum() / validation["num_parameters"].sum())
     fed = build_federation(config)
     make = candidate_factory(config)
     sizes = []
     for _, row in finished.iterrows():
-        params = {c.removeprefix("params_"): row[c] for c in finished.columns
-                  if c.startswith("params_") and pd.notna(row[c])}
-        model = build_model(make(params).arch, input_shape=fed.train.input_shape,
-                            num_classes=fed.num_classes)
+        params = {
+            c.removeprefix("params_"): row[c]
+            for c in finished.columns
+            if c.startswith("params_") and pd.notna(row[c])
+        }
+        model = build_model(
+            make(params).arch, input_shape=fed.train.input_shape, num_classes=fed.num_classes
+        )
         sizes.append(count_parameters(model))
     mean_size = float(np.mean(sizes)) if sizes else 0.0
     return CostComparison(
@@ -659,16 +891,29 @@ def run_report_stage(config: StudyConfig, out: Path, *, cache: Path) -> StageOut
     tau = summary["kendall_tau"]
     figures = {
         "proxy_vs_fedavg.png": scatter_figure(
-            validation, x="proxy_score", y="fedavg_accuracy",
-            title=f"proxy score vs FedAvg accuracy (Kendall τ = {tau:.2f})"),
+            validation,
+            x="proxy_score",
+            y="fedavg_accuracy",
+            title=f"proxy score vs FedAvg accuracy (Kendall τ = {tau:.2f})",
+        ),
         "communication.png": bars_figure(
-            {"distil": cost.distill_bytes, "search": cost.search_bytes,
-             "validate": cost.validate_bytes, "FedAvg-NAS": cost.fedavg_nas_bytes},
+            {
+                "distil": cost.distill_bytes,
+                "search": cost.search_bytes,
+                "validate": cost.validate_bytes,
+                "FedAvg-NAS": cost.fedavg_nas_bytes,
+            },
             title=f"bytes: DistDD total vs FedAvg per candidate ({cost.comm_ratio:.1f}×)",
-            ylabel="bytes (log)"),
+            ylabel="bytes (log)",
+        ),
         "history.png": history_figure(trials),
-        "grid.png": image_grid_figure(synthetic.images, synthetic.labels, mean=fed_like.mean,
-                                      std=fed_like.std, classes=fed_like.classes),
+        "grid.png": image_grid_figure(
+            synthetic.images,
+            synthetic.labels,
+            mean=fed_like.mean,
+            std=fed_like.std,
+            classes=fed_like.classes,
+        ),
     }
     with stage(out / "report", fingerprint=fingerprint(config, extra=summary)) as w:
         w.json("summary.json", summary)
@@ -678,34 +923,60 @@ def run_report_stage(config: StudyConfig, out: Path, *, cache: Path) -> StageOut
         for name, fig in figures.items():
             fig.savefig(w.file(name), dpi=100, bbox_inches="tight")
         w.file("report.md").write_text(
-            render_markdown(config, summary, validation, distill), encoding="utf-8")
+            render_markdown(config, summary, validation, distill), encoding="utf-8"
+        )
     return StageOutcome(out / "report", summary)
 
 
-def render_markdown(config: StudyConfig, summary: dict[str, Any], validation: pd.DataFrame,
-                    distill: dict[str, Any]) -> str:
+def render_markdown(
+    config: StudyConfig, summary: dict[str, Any], validation: pd.DataFrame, distill: dict[str, Any]
+) -> str:
     """The human report of a study."""
+
     def mib(x: float) -> str:
         return f"{x / 2**20:,.1f} MiB"
 
-    cols = ["candidate_id", "selected_as", "proxy_rank", "proxy_score", "fedavg_accuracy",
-            "model", "num_parameters"]
+    cols = [
+        "candidate_id",
+        "selected_as",
+        "proxy_rank",
+        "proxy_score",
+        "fedavg_accuracy",
+        "model",
+        "num_parameters",
+    ]
     table = markdown_table(validation[cols].sort_values("proxy_rank"))
     acc = distill.get("test_accuracy_mean")
     rnd = distill.get("random_real_accuracy_mean")
-    distilled_line = (f"- distilled set: {config.distill.ipc} images/class, accuracy "
-                      f"{acc:.4f} (random real subset, centralized reference: {rnd:.4f})"
-                      if acc is not None and rnd is not None else "- distilled set: see distill/")
+    cost_rows = "\n".join(
+        [
+            "| | bytes | wall s |",
+            "|---|---|---|",
+            f"| DistDD: distil + search + validate | {mib(summary['bytes_distdd_total'])} "
+            f"| {summary['wall_s_distdd_total']:.0f} |",
+            "| FedAvg for every candidate (measured on validated, extrapolated) "
+            f"| {mib(summary['bytes_fedavg_nas_total'])} "
+            f"| {summary['wall_s_fedavg_nas_total']:.0f} |",
+            f"| ratio (FedAvg-NAS / DistDD) | {summary['comm_ratio']:.1f}× "
+            f"| {summary['time_ratio']:.1f}× |",
+        ]
+    )
+    distilled_line = (
+        f"- distilled set: {config.distill.ipc} images/class, accuracy "
+        f"{acc:.4f} (random real subset, centralized reference: {rnd:.4f})"
+        if acc is not None and rnd is not None
+        else "- distilled set: see distill/"
+    )
     return f"""# distdd-nas report: {config.study.name}
 
 {config.study.description}
 
 ## Ranking quality (proxy on the distilled set vs real FedAvg)
-- trials searched: {summary['n_trials']}; validated with FedAvg: {summary['n_validated']}
+- trials searched: {summary["n_trials"]}; validated with FedAvg: {summary["n_validated"]}
   (top {config.validate_.top_k} + {config.validate_.n_random} random controls)
-- Kendall τ = {summary['kendall_tau']:.3f}, Spearman ρ = {summary['spearman_rho']:.3f},
-  top-k overlap = {summary['topk_overlap']:.2f}, regret of the proxy's top-1 =
-  {summary['top1_regret']:.4f}
+- Kendall τ = {summary["kendall_tau"]:.3f}, Spearman ρ = {summary["spearman_rho"]:.3f},
+  top-k overlap = {summary["topk_overlap"]:.2f}, regret of the proxy's top-1 =
+  {summary["top1_regret"]:.4f}
 {distilled_line}
 
 ![proxy vs FedAvg](proxy_vs_fedavg.png)
@@ -713,19 +984,15 @@ def render_markdown(config: StudyConfig, summary: dict[str, Any], validation: pd
 {table}
 
 ## Cost: distil once + search vs FedAvg per candidate
-| | bytes | wall s |
-|---|---|---|
-| DistDD: distil + search + validate | {mib(summary['bytes_distdd_total'])} | {summary['wall_s_distdd_total']:.0f} |
-| FedAvg for every candidate (measured on validated, extrapolated) | {mib(summary['bytes_fedavg_nas_total'])} | {summary['wall_s_fedavg_nas_total']:.0f} |
-| ratio (FedAvg-NAS / DistDD) | {summary['comm_ratio']:.1f}× | {summary['time_ratio']:.1f}× |
+{cost_rows}
 
-Break-even: DistDD-based search sends fewer bytes from **{summary['break_even_candidates']}**
-candidates on (distillation {mib(summary['bytes_distill'])}, search scoring
-{mib(summary['bytes_search'])}, validation {mib(summary['bytes_validate'])}).
+Break-even: DistDD-based search sends fewer bytes from **{summary["break_even_candidates"]}**
+candidates on (distillation {mib(summary["bytes_distill"])}, search scoring
+{mib(summary["bytes_search"])}, validation {mib(summary["bytes_validate"])}).
 
 ![communication](communication.png) ![history](history.png) ![grid](grid.png)
 
-Open the Optuna study: `optuna-dashboard {summary.get('storage', 'sqlite:///<run>/search/optuna.db')}`
+Open the Optuna study: `optuna-dashboard {summary.get("storage", "sqlite:///<run>/search/optuna.db")}`
 """
 
 
@@ -734,8 +1001,13 @@ Open the Optuna study: `optuna-dashboard {summary.get('storage', 'sqlite:///<run
 # --------------------------------------------------------------------------------------------
 
 
-def run_all(config: StudyConfig, out: Path, *, cache: Path,
-            progress: Callable[[str], Progress | None] | None = None) -> StageOutcome:
+def run_all(
+    config: StudyConfig,
+    out: Path,
+    *,
+    cache: Path,
+    progress: Callable[[str], Progress | None] | None = None,
+) -> StageOutcome:
     """distill (cached) → search (resumed) → validate → report."""
     bar = progress or (lambda _name: None)
     run_distill_stage(config, out, cache=cache, progress=bar("distill"))

@@ -17,7 +17,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """SGD settings. ``decay_at_half`` multiplies the lr by 0.1 at half the epochs (DC's schedule)."""
+    """SGD settings; ``decay_at_half`` multiplies the lr by 0.1 at half the epochs (DC)."""
 
     epochs: int = 1
     lr: float = 0.01

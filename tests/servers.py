@@ -48,18 +48,65 @@ def postgres_server() -> Iterator[str]:
         shutil.chown(base, user="postgres")
     port = _free_port()
     env = {**os.environ, "LC_ALL": "C"}
-    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "distdd",
-                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True, env=env,
-                   timeout=120)
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "distdd",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     log = base / "server.log"
-    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-                    "-o", f"-h 127.0.0.1 -p {port} -k {base} -c max_connections=50", "start"],
-                   check=True, capture_output=True, env=env, timeout=120)
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {base} -c max_connections=50",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     try:
-        subprocess.run([*prefix, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
-                        "-U", "distdd", "optuna"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                *prefix,
+                str(bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "distdd",
+                "optuna",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield f"postgresql+psycopg2://distdd@127.0.0.1:{port}/optuna"
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "-w", "stop"], capture_output=True, env=env, timeout=120)
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
         shutil.rmtree(base, ignore_errors=True)

@@ -43,10 +43,10 @@ def test_failed_stage_keeps_previous_result(tmp_path: Path) -> None:
 def test_corrupt_and_missing_artifacts_raise_artifact_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip at all")
-    with pytest.raises(ArtifactError, match="bad.npz is corrupt.*delete its stage directory"):
+    with pytest.raises(ArtifactError, match=r"bad.npz is corrupt.*delete its stage directory"):
         load_npz(bad)
-    with pytest.raises(ArtifactError, match="missing.npz is missing; re-run"):
+    with pytest.raises(ArtifactError, match=r"missing.npz is missing; re-run"):
         load_npz(tmp_path / "missing.npz")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ArtifactError, match="bad.json is corrupt"):
+    with pytest.raises(ArtifactError, match=r"bad.json is corrupt"):
         load_json(tmp_path / "bad.json")

@@ -32,9 +32,12 @@ def test_partition_writes_tables(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert (tmp_path / "partition" / "manifest.json").exists()
 
 
-def test_fedavg_smoke_writes_summary_and_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "fedavg", str(SMOKE), "--out", str(tmp_path),
-                           "--set", "fedavg.rounds=3")
+def test_fedavg_smoke_writes_summary_and_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(
+        capsys, "fedavg", str(SMOKE), "--out", str(tmp_path), "--set", "fedavg.rounds=3"
+    )
     assert code == 0 and "test_accuracy" in out
     stage = tmp_path / "fedavg"
     summary = json.loads((stage / "summary.json").read_text())
@@ -50,19 +53,32 @@ def test_fedavg_smoke_writes_summary_and_tables(tmp_path: Path, capsys: pytest.C
 BAD_INPUTS = [
     (["fedavg", "studies/nope.toml"], "study file 'studies/nope.toml' not found"),
     (["fedavg", str(SMOKE), "--set", "fedavg.rouns=3"], "unknown key 'fedavg.rouns'"),
-    (["fedavg", str(SMOKE), "--set", "fedavg.rounds=-1"], "fedavg.rounds: Input should be greater"),
+    (
+        ["fedavg", str(SMOKE), "--set", "fedavg.rounds=-1"],
+        "fedavg.rounds: Input should be greater",
+    ),
     (["fedavg", str(SMOKE), "--set", "model.act=gelu"], "model.act: Input should be"),
     (["partition", str(SMOKE), "--set", "fedavg.rounds"], "bad override 'fedavg.rounds'"),
-    (["partition", str(SMOKE), "--set", "data.name=mnist", "--set", "data.root=/nonexistent/mnist"],
-     "mnist"),
+    (
+        [
+            "partition",
+            str(SMOKE),
+            "--set",
+            "data.name=mnist",
+            "--set",
+            "data.root=/nonexistent/mnist",
+        ],
+        "mnist",
+    ),
     (["fedavg"], "the following arguments are required: study"),
     (["frobnicate", str(SMOKE)], "invalid choice: 'frobnicate'"),
 ]
 
 
 @pytest.mark.parametrize(("argv", "message"), BAD_INPUTS)
-def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     extra = ["--out", str(tmp_path)] if len(argv) > 1 else []
     code, _, err = run_cli(capsys, *argv, *extra)
     assert code == 2
@@ -76,9 +92,20 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, tmp_path: P
 def test_real_entry_point_bad_input(tmp_path: Path) -> None:
     """The console entry point itself (not just main()): exit code 2, one line, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "distdd_nas.cli", "fedavg", str(SMOKE), "--out", str(tmp_path),
-         "--set", "partition.num_clients=0"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "distdd_nas.cli",
+            "fedavg",
+            str(SMOKE),
+            "--out",
+            str(tmp_path),
+            "--set",
+            "partition.num_clients=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
@@ -86,10 +113,19 @@ def test_real_entry_point_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "fedavg").exists()
 
 
-def test_failed_rerun_keeps_previous_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_rerun_keeps_previous_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli(capsys, "partition", str(SMOKE), "--out", str(tmp_path))[0] == 0
     before = (tmp_path / "partition" / "summary.json").read_text()
-    code, _, _ = run_cli(capsys, "partition", str(SMOKE), "--out", str(tmp_path),
-                         "--set", "partition.min_size=100000")
+    code, _, _ = run_cli(
+        capsys,
+        "partition",
+        str(SMOKE),
+        "--out",
+        str(tmp_path),
+        "--set",
+        "partition.min_size=100000",
+    )
     assert code == 2
     assert (tmp_path / "partition" / "summary.json").read_text() == before

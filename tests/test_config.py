@@ -44,7 +44,7 @@ def test_overrides_apply_and_change_the_fingerprint() -> None:
 
 def test_config_is_frozen() -> None:
     config = smoke()
-    with pytest.raises(Exception, match="frozen"):
+    with pytest.raises(Exception, match=r"frozen"):
         config.fedavg.rounds = 4  # type: ignore[misc]
 
 
@@ -56,7 +56,10 @@ def test_config_is_frozen() -> None:
         ("partition.alpha=-1", r"partition.alpha: Input should be greater than 0"),
         ("data.name=imagenet", r"data.name: Input should be 'digits'"),
         ("bogus.key=1", r"unknown key 'bogus'"),
-        ("noise.kind=symmetric", r"noise.kind is set but noise.rate or noise.client_fraction is 0"),
+        (
+            "noise.kind=symmetric",
+            r"noise.kind is set but noise.rate or noise.client_fraction is 0",
+        ),
         ("fedavg.rounds", r"bad override 'fedavg.rounds'; write --set section.key=value"),
     ],
 )
@@ -66,11 +69,11 @@ def test_bad_values_name_the_dotted_key(override: str, message: str) -> None:
 
 
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="study file '.*nope.toml' not found"):
+    with pytest.raises(ConfigError, match=r"study file '.*nope.toml' not found"):
         load_config(tmp_path / "nope.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[data\nname=1")
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_config(bad)
 
 

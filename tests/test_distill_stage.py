@@ -13,20 +13,39 @@ from distdd_nas.artifacts import load_npz, read_manifest
 from distdd_nas.cli import main
 from tests.conftest import SMOKE
 
-FAST = ["--set", "distill.iterations=3", "--set", "distill.eval.epochs=20",
-        "--set", "distill.eval.num_models=1", "--set", "distill.ipc=2"]
+FAST = [
+    "--set",
+    "distill.iterations=3",
+    "--set",
+    "distill.eval.epochs=20",
+    "--set",
+    "distill.eval.num_models=1",
+    "--set",
+    "distill.ipc=2",
+]
 
 
 def distill(tmp: Path, cache: Path, *extra: str) -> int:
     return main(["distill", str(SMOKE), "--out", str(tmp), "--cache", str(cache), *FAST, *extra])
 
 
-def test_distill_writes_artifact_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_distill_writes_artifact_and_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache = tmp_path / "cache"
     assert distill(tmp_path / "run", cache) == 0
     summary = json.loads((tmp_path / "run" / "distill" / "summary.json").read_text())
-    for key in ("test_accuracy_mean", "test_accuracy_std", "random_real_accuracy_mean", "ipc",
-                "iterations", "num_clients", "bytes_up", "bytes_down", "wall_s"):
+    for key in (
+        "test_accuracy_mean",
+        "test_accuracy_std",
+        "random_real_accuracy_mean",
+        "ipc",
+        "iterations",
+        "num_clients",
+        "bytes_up",
+        "bytes_down",
+        "wall_s",
+    ):
         assert key in summary, key
     assert summary["ipc"] == 2 and summary["iterations"] == 3 and not summary["cache_hit"]
     artifact = Path(summary["artifact"])
@@ -36,7 +55,8 @@ def test_distill_writes_artifact_and_summary(tmp_path: Path, capsys: pytest.Capt
     assert set(manifest["files"]) >= {"synthetic.npz", "history.csv", "comm.csv", "grid.png"}
     arrays = load_npz(artifact / "synthetic.npz")
     assert arrays["images"].shape == (20, 1, 8, 8) and arrays["labels"].tolist() == sorted(
-        list(range(10)) * 2)
+        list(range(10)) * 2
+    )
     comm = pd.read_csv(artifact / "comm.csv")
     assert comm.loc[comm.direction == "up", "bytes"].sum() == summary["bytes_up"]
     history = pd.read_csv(artifact / "history.csv")
@@ -62,16 +82,25 @@ def test_same_config_is_a_cache_hit_and_same_seed_same_bytes(tmp_path: Path) -> 
     assert synthetic  # file is non-empty
     assert distill(tmp_path / "d", tmp_path / "cache3", "--set", "study.seed=1") == 0
     d = json.loads((tmp_path / "d" / "distill" / "summary.json").read_text())
-    assert not np.array_equal(load_npz(Path(d["artifact"]) / "synthetic.npz")["images"], a["images"])
+    assert not np.array_equal(
+        load_npz(Path(d["artifact"]) / "synthetic.npz")["images"], a["images"]
+    )
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("distill.ipc=0", "distill.ipc: Input should be greater than or equal to 1"),
-    ("distill.distance=l1", "distill.distance: Input should be 'layerwise_cosine', 'mse' or 'cosine'"),
-    ("distill.net_update=adam", "distill.net_update: Input should be"),
-])
-def test_distill_bad_input(override: str, message: str, tmp_path: Path,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distill.ipc=0", "distill.ipc: Input should be greater than or equal to 1"),
+        (
+            "distill.distance=l1",
+            "distill.distance: Input should be 'layerwise_cosine', 'mse' or 'cosine'",
+        ),
+        ("distill.net_update=adam", "distill.net_update: Input should be"),
+    ],
+)
+def test_distill_bad_input(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert distill(tmp_path / "run", tmp_path / "cache", "--set", override) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]

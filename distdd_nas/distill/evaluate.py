@@ -34,20 +34,33 @@ def evaluate_synthetic(
         ConfigError: Images and labels do not match, or the images do not fit the test set.
     """
     if len(images) != len(labels) or len(images) == 0:
-        raise ConfigError(f"evaluate_synthetic needs as many labels as images (got "
-                          f"{len(images)} images, {len(labels)} labels), at least one")
+        raise ConfigError(
+            f"evaluate_synthetic needs as many labels as images (got "
+            f"{len(images)} images, {len(labels)} labels), at least one"
+        )
     if tuple(images.shape[1:]) != test.input_shape:
-        raise ConfigError(f"images of shape {tuple(images.shape[1:])} do not fit the test "
-                          f"set's {test.input_shape}; evaluate on the dataset the set was "
-                          "distilled from")
+        raise ConfigError(
+            f"images of shape {tuple(images.shape[1:])} do not fit the test "
+            f"set's {test.input_shape}; evaluate on the dataset the set was "
+            "distilled from"
+        )
     x, y = images.detach().float(), labels.long()
-    train = TrainSettings(epochs=settings.epochs, lr=settings.lr, momentum=settings.momentum,
-                          weight_decay=settings.weight_decay, batch_size=settings.batch_size,
-                          decay_at_half=True)
+    train = TrainSettings(
+        epochs=settings.epochs,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        batch_size=settings.batch_size,
+        decay_at_half=True,
+    )
     accs: list[float] = []
     for m in range(settings.num_models):
-        net = build_model(arch, input_shape=test.input_shape, num_classes=test.num_classes,
-                          seed=derive_seed(seed, "eval_net", m))
+        net = build_model(
+            arch,
+            input_shape=test.input_shape,
+            num_classes=test.num_classes,
+            seed=derive_seed(seed, "eval_net", m),
+        )
         train_model(net, x, y, settings=train, generator=torch_generator(seed, "eval_order", m))
         accs.append(evaluate_model(net, test.images, test.labels)[1])
     return float(np.mean(accs)), float(np.std(accs)), accs

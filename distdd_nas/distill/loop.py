@@ -94,8 +94,10 @@ class _Run:
 def resolve_loops(settings: DistillSection) -> tuple[int, int]:
     """(outer_loop, inner_loop): the settings where given, else DC's table for ``ipc``."""
     outer, inner = dc_loops(settings.ipc)
-    return (settings.outer_loop or outer,
-            inner if settings.inner_loop is None else settings.inner_loop)
+    return (
+        settings.outer_loop or outer,
+        inner if settings.inner_loop is None else settings.inner_loop,
+    )
 
 
 def census(engine: Engine, *, num_classes: int, moments: bool) -> ClassCensus:
@@ -106,8 +108,10 @@ def census(engine: Engine, *, num_classes: int, moments: bool) -> ClassCensus:
     for cid, reply in replies.items():
         reported = np.asarray(reply.arrays["counts"], dtype=np.int64)
         if reported.shape != (num_classes,):
-            raise EngineError(f"client {cid} reported counts of shape {reported.shape} for "
-                              f"{num_classes} classes; the clients hold another dataset")
+            raise EngineError(
+                f"client {cid} reported counts of shape {reported.shape} for "
+                f"{num_classes} classes; the clients hold another dataset"
+            )
         counts[cid] = reported
     if counts.sum() == 0:
         raise EngineError("no client reported any data in the class census; check the partition")
@@ -157,34 +161,59 @@ def run_distill(
     outer, inner = resolve_loops(settings)
     info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
     check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
-    images = _initial_images(settings, info, num_classes=num_classes, shape=input_shape,
-                             seed=seed).requires_grad_(True)
+    images = _initial_images(
+        settings, info, num_classes=num_classes, shape=input_shape, seed=seed
+    ).requires_grad_(True)
     labels = torch.arange(num_classes).repeat_interleave(settings.ipc)
     opt_img = torch.optim.SGD([images], lr=settings.lr_img, momentum=settings.momentum_img)
     probe = build_model(arch, input_shape=input_shape, num_classes=num_classes, seed=0)
-    run = _Run(engine, json.dumps(arch.to_dict(), sort_keys=True), settings, info,
-               get_distance(settings.distance), settings.ipc,
-               sum(p.numel() for p in probe.parameters() if p.requires_grad), seed, fraction)
+    run = _Run(
+        engine,
+        json.dumps(arch.to_dict(), sort_keys=True),
+        settings,
+        info,
+        get_distance(settings.distance),
+        settings.ipc,
+        sum(p.numel() for p in probe.parameters() if p.requires_grad),
+        seed,
+        fraction,
+    )
     rows: list[dict[str, float]] = []
     eval_s = 0.0
     for it in range(settings.iterations):
-        net = build_model(arch, input_shape=input_shape, num_classes=num_classes,
-                          seed=derive_seed(seed, "distill", "net", it))
+        net = build_model(
+            arch,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            seed=derive_seed(seed, "distill", "net", it),
+        )
         net.train()
         timer = _iteration(run, net, images, labels, opt_img, it=it, outer=outer, inner=inner)
         row = _history_row(it, outer, timer, engine, wall_s=time.perf_counter() - start - eval_s)
-        if test is not None and settings.eval_every and (
-            (it + 1) % settings.eval_every == 0 or it + 1 == settings.iterations
+        if (
+            test is not None
+            and settings.eval_every
+            and ((it + 1) % settings.eval_every == 0 or it + 1 == settings.iterations)
         ):
             t0 = time.perf_counter()
-            acc, std, _ = evaluate_synthetic(images.detach(), labels, arch=arch, test=test,
-                                             settings=settings.eval,
-                                             seed=derive_seed(seed, "distill", "checkpoint"))
+            acc, std, _ = evaluate_synthetic(
+                images.detach(),
+                labels,
+                arch=arch,
+                test=test,
+                settings=settings.eval,
+                seed=derive_seed(seed, "distill", "checkpoint"),
+            )
             row.update(acc_mean=acc, acc_std=std)
             eval_s += time.perf_counter() - t0
         rows.append(row)
-        log.info("distill iteration %d/%d: match loss %.4f, %.1f s", it + 1,
-                 settings.iterations, row["match_loss"], row["wall_s"])
+        log.info(
+            "distill iteration %d/%d: match loss %.4f, %.1f s",
+            it + 1,
+            settings.iterations,
+            row["match_loss"],
+            row["wall_s"],
+        )
         if on_iteration is not None:
             on_iteration(row)
     synthetic = DistilledSet(images.detach().clone(), labels, num_classes)
@@ -192,55 +221,89 @@ def run_distill(
     return DistillResult(synthetic, history, info.counts, time.perf_counter() - start - eval_s)
 
 
-def _initial_images(settings: DistillSection, info: ClassCensus, *, num_classes: int,
-                    shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+def _initial_images(
+    settings: DistillSection,
+    info: ClassCensus,
+    *,
+    num_classes: int,
+    shape: tuple[int, int, int],
+    seed: int,
+) -> torch.Tensor:
     gen = torch_generator(seed, "distill", "init")
     if settings.init == "client_mean":
         return init_client_mean(ipc=settings.ipc, stats=info.moments, shape=shape, generator=gen)
     return init_noise(ipc=settings.ipc, num_classes=num_classes, shape=shape, generator=gen)
 
 
-def _iteration(run: _Run, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               opt_img: torch.optim.Optimizer, *, it: int, outer: int, inner: int) -> _Timer:
+def _iteration(
+    run: _Run,
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    opt_img: torch.optim.Optimizer,
+    *,
+    it: int,
+    outer: int,
+    inner: int,
+) -> _Timer:
     """One outer iteration: ``outer`` matching steps with network updates in between."""
     settings = run.settings
     opt_net = torch.optim.SGD(net.parameters(), lr=settings.lr_net)
     inner_gen = torch_generator(run.seed, "distill", "inner", it)
     timer = _Timer()
     for ol in range(outer):
-        targets = _matching_step(run, net, images, opt_img, step=it * outer + ol + 1,
-                                 timer=timer)
+        targets = _matching_step(run, net, images, opt_img, step=it * outer + ol + 1, timer=timer)
         if ol == outer - 1:
             break
         t0 = time.perf_counter()
         if settings.net_update == "synthetic":
-            train_net_on_synthetic(net, opt_net, images, labels, steps=inner,
-                                   batch_size=settings.batch_syn, generator=inner_gen)
+            train_net_on_synthetic(
+                net,
+                opt_net,
+                images,
+                labels,
+                steps=inner,
+                batch_size=settings.batch_syn,
+                generator=inner_gen,
+            )
         elif targets:
             step_with_global_gradient(net, targets, lr=settings.lr_net)
         timer.update_s += time.perf_counter() - t0
     return timer
 
 
-def _matching_step(run: _Run, net: nn.Module, images: torch.Tensor,
-                   opt_img: torch.optim.Optimizer, *, step: int,
-                   timer: _Timer) -> dict[int, torch.Tensor]:
+def _matching_step(
+    run: _Run,
+    net: nn.Module,
+    images: torch.Tensor,
+    opt_img: torch.optim.Optimizer,
+    *,
+    step: int,
+    timer: _Timer,
+) -> dict[int, torch.Tensor]:
     """One engine round and one SGD step on the images; returns the aggregated targets."""
     settings = run.settings
     t0 = time.perf_counter()
-    selected = select_clients(num_clients=run.engine.num_clients, fraction=run.fraction,
-                              seed=run.seed, round=step)
-    take = batch_shares(run.census.counts[selected], batch_real=settings.batch_real,
-                        mode=settings.batch_mode)
+    selected = select_clients(
+        num_clients=run.engine.num_clients, fraction=run.fraction, seed=run.seed, round=step
+    )
+    take = batch_shares(
+        run.census.counts[selected], batch_real=settings.batch_real, mode=settings.batch_mode
+    )
     params = get_parameters(net)
-    config: dict[str, Scalar] = {"arch": run.arch_json,
-                                 "seed": derive_seed(run.seed, "distill", "step", step)}
-    messages = {cid: Message(arrays={**params, "take": take[i]}, config=config)
-                for i, cid in enumerate(selected) if take[i].any()}
+    config: dict[str, Scalar] = {
+        "arch": run.arch_json,
+        "seed": derive_seed(run.seed, "distill", "step", step),
+    }
+    messages = {
+        cid: Message(arrays={**params, "take": take[i]}, config=config)
+        for i, cid in enumerate(selected)
+        if take[i].any()
+    }
     replies = run.engine.run_round("class_gradients", messages, round=step)
-    targets, rejected = aggregate_class_gradients(replies, dim=run.dim,
-                                                  aggregator=settings.aggregator,
-                                                  trim=settings.trim)
+    targets, rejected = aggregate_class_gradients(
+        replies, dim=run.dim, aggregator=settings.aggregator, trim=settings.trim
+    )
     timer.rejected += len(rejected)
     t1 = time.perf_counter()
     timer.client_s += t1 - t0
@@ -256,8 +319,9 @@ def _matching_step(run: _Run, net: nn.Module, images: torch.Tensor,
     return targets
 
 
-def _history_row(it: int, outer: int, timer: _Timer, engine: Engine, *,
-                 wall_s: float) -> dict[str, float]:
+def _history_row(
+    it: int, outer: int, timer: _Timer, engine: Engine, *, wall_s: float
+) -> dict[str, float]:
     return {
         "iteration": float(it),
         "steps": float((it + 1) * outer),
@@ -276,6 +340,10 @@ def centralized_engine(train: ImageDataset, indices: np.ndarray, **kwargs: Any) 
     """An engine with one client holding ``indices`` of ``train``: run_distill on it is
     centralized DC (the ``centralized_reference`` of a study; it needs data that in DistDD
     never leaves the clients, so label it as a reference). ``kwargs`` go to InProcessEngine."""
-    client = ClientData(cid=0, dataset=train, train_indices=np.sort(np.asarray(indices)),
-                        holdout_indices=np.zeros(0, dtype=np.int64))
+    client = ClientData(
+        cid=0,
+        dataset=train,
+        train_indices=np.sort(np.asarray(indices)),
+        holdout_indices=np.zeros(0, dtype=np.int64),
+    )
     return InProcessEngine(clients=[client], tasks=default_tasks(), **kwargs)

@@ -40,12 +40,16 @@ class DistilledSet:
             raise ArtifactError(f"synthetic set lacks {sorted(missing)}; {fix}")
         images, labels = np.asarray(arrays["images"]), np.asarray(arrays["labels"])
         if images.ndim != 4 or images.dtype != np.float32:
-            raise ArtifactError(f"synthetic images must be float32 N×C×H×W, got {images.dtype} "
-                                f"{images.shape}; {fix}")
+            raise ArtifactError(
+                f"synthetic images must be float32 N×C×H×W, got {images.dtype} "
+                f"{images.shape}; {fix}"
+            )
         if labels.ndim != 1 or labels.dtype != np.int64 or len(labels) != len(images):
-            raise ArtifactError(f"synthetic labels must be int64 of length {len(images)}, got "
-                                f"{labels.dtype} {labels.shape}; {fix}")
-        num_classes = int(arrays["num_classes"])
+            raise ArtifactError(
+                f"synthetic labels must be int64 of length {len(images)}, got "
+                f"{labels.dtype} {labels.shape}; {fix}"
+            )
+        num_classes = int(np.asarray(arrays["num_classes"]).reshape(-1)[0])
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ArtifactError(f"synthetic labels fall outside 0..{num_classes - 1}; {fix}")
         if not np.isfinite(images).all():
@@ -64,5 +68,7 @@ class DistillResult:
     wall_s: float
 
     def __repr__(self) -> str:
-        return (f"DistillResult(images={tuple(self.synthetic.images.shape)}, "
-                f"iterations={len(self.history)}, wall_s={self.wall_s:.1f})")
+        return (
+            f"DistillResult(images={tuple(self.synthetic.images.shape)}, "
+            f"iterations={len(self.history)}, wall_s={self.wall_s:.1f})"
+        )

@@ -45,19 +45,22 @@ def check_settings(settings: DistillSection) -> None:
     for key, allowed in choices.items():
         value = getattr(settings, key)
         if value not in allowed:
-            raise ConfigError(f"distill.{key}={value!r} is unknown; use one of "
-                              f"{', '.join(allowed)}")
+            raise ConfigError(
+                f"distill.{key}={value!r} is unknown; use one of {', '.join(allowed)}"
+            )
     get_distance(settings.distance)
     get_aggregator(settings.aggregator, trim=settings.trim)
     for key in ("ipc", "iterations", "batch_real", "batch_syn"):
         if int(getattr(settings, key)) < 1:
             raise ConfigError(f"distill.{key}={getattr(settings, key)} must be >= 1")
     if settings.outer_loop is not None and settings.outer_loop < 1:
-        raise ConfigError(f"distill.outer_loop={settings.outer_loop} must be >= 1 (or unset "
-                          "for DC's table)")
+        raise ConfigError(
+            f"distill.outer_loop={settings.outer_loop} must be >= 1 (or unset for DC's table)"
+        )
     if settings.inner_loop is not None and settings.inner_loop < 0:
-        raise ConfigError(f"distill.inner_loop={settings.inner_loop} must be >= 0 (or unset "
-                          "for DC's table)")
+        raise ConfigError(
+            f"distill.inner_loop={settings.inner_loop} must be >= 0 (or unset for DC's table)"
+        )
 
 
 def check_class_totals(totals: np.ndarray, *, ipc: int) -> None:
@@ -69,12 +72,15 @@ def check_class_totals(totals: np.ndarray, *, ipc: int) -> None:
         raise ConfigError("no client holds any training example; check the partition")
     if ipc > int(held.min()):
         c = int(np.flatnonzero(totals == held.min())[0])
-        raise ConfigError(f"distill.ipc={ipc} exceeds the {int(held.min())} images of class {c} "
-                          f"held by all clients together; use distill.ipc <= {int(held.min())}")
+        raise ConfigError(
+            f"distill.ipc={ipc} exceeds the {int(held.min())} images of class {c} "
+            f"held by all clients together; use distill.ipc <= {int(held.min())}"
+        )
     missing = np.flatnonzero(totals == 0)
     if len(missing):
-        log.warning("no client holds classes %s; their synthetic images stay at init",
-                    missing.tolist())
+        log.warning(
+            "no client holds classes %s; their synthetic images stay at init", missing.tolist()
+        )
 
 
 def batch_shares(counts: np.ndarray, *, batch_real: int, mode: str) -> np.ndarray:
@@ -107,8 +113,9 @@ def aggregate_class_gradients(
     positive count, are dropped whole (their ids are the second value). Classes no client sent
     are absent from the result (skipped this step).
     """
-    finite, rejected = drop_non_finite({c: r.arrays for c, r in replies.items()},
-                                       what="class gradients")
+    finite, rejected = drop_non_finite(
+        {c: r.arrays for c, r in replies.items()}, what="class gradients"
+    )
     combine = get_aggregator(aggregator, trim=trim)
     per_class: dict[int, tuple[list[dict[str, np.ndarray]], list[float]]] = {}
     for cid, arrays in finite.items():
@@ -116,16 +123,22 @@ def aggregate_class_gradients(
         sent = np.flatnonzero(counts > 0)
         grads = np.asarray(arrays["grads"])
         if grads.shape != (len(sent), dim):
-            log.warning("rejected class gradients of client %d: shape %s, expected %s", cid,
-                        grads.shape, (len(sent), dim))
+            log.warning(
+                "rejected class gradients of client %d: shape %s, expected %s",
+                cid,
+                grads.shape,
+                (len(sent), dim),
+            )
             rejected.append(cid)
             continue
         for row, c in enumerate(sent):
             items, weights = per_class.setdefault(int(c), ([], []))
             items.append({"g": grads[row]})
             weights.append(float(counts[c]))
-    out = {c: torch.from_numpy(np.asarray(combine(items, w)["g"], dtype=np.float32))
-           for c, (items, w) in sorted(per_class.items())}
+    out = {
+        c: torch.from_numpy(np.asarray(combine(items, w)["g"], dtype=np.float32))
+        for c, (items, w) in sorted(per_class.items())
+    }
     return out, sorted(rejected)
 
 
@@ -138,14 +151,20 @@ def split_like(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch
     return out
 
 
-def init_noise(*, ipc: int, num_classes: int, shape: tuple[int, int, int],
-               generator: torch.Generator) -> torch.Tensor:
+def init_noise(
+    *, ipc: int, num_classes: int, shape: tuple[int, int, int], generator: torch.Generator
+) -> torch.Tensor:
     """Gaussian noise images N(0, 1) in normalised space (the server has no real data)."""
     return torch.randn((num_classes * ipc, *shape), generator=generator)
 
 
-def init_client_mean(*, ipc: int, stats: Sequence[Mapping[str, np.ndarray]],
-                     shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+def init_client_mean(
+    *,
+    ipc: int,
+    stats: Sequence[Mapping[str, np.ndarray]],
+    shape: tuple[int, int, int],
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Images drawn around the per-class, per-pixel mean/std aggregated (count-weighted) from
     the clients' ``class_stats`` replies; classes nobody holds fall back to N(0, 1)."""
     counts = np.sum([np.asarray(s["counts"], dtype=np.float64) for s in stats], axis=0)
@@ -158,8 +177,9 @@ def init_client_mean(*, ipc: int, stats: Sequence[Mapping[str, np.ndarray]],
     mean[held] = total[held] / counts[held, None]
     var = total_sq[held] / counts[held, None] - mean[held] ** 2
     std[held] = np.sqrt(np.clip(var, 1e-8, None))
-    noise = torch.randn((num_classes, ipc, int(np.prod(shape))), generator=generator,
-                        dtype=torch.float64)
+    noise = torch.randn(
+        (num_classes, ipc, int(np.prod(shape))), generator=generator, dtype=torch.float64
+    )
     images = torch.from_numpy(mean)[:, None] + torch.from_numpy(std)[:, None] * noise
     return images.reshape(num_classes * ipc, *shape).float()
 
@@ -189,8 +209,14 @@ def match_loss(
 
 
 def train_net_on_synthetic(
-    net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-    *, steps: int, batch_size: int, generator: torch.Generator,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    generator: torch.Generator,
 ) -> None:
     """DC's inner loop: ``steps`` epochs of SGD on the (detached) synthetic set, shuffled."""
     x, y = images.detach(), labels

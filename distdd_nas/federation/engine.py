@@ -40,7 +40,7 @@ class ClientData:
 
     @property
     def num_train(self) -> int:
-        return int(len(self.train_indices))
+        return len(self.train_indices)
 
     def train_labels(self) -> np.ndarray:
         return self.dataset.labels[self.train_indices].numpy()
@@ -133,7 +133,9 @@ class InProcessEngine:
     def _fails(self, round: int, cid: int, task: str) -> bool:
         if self._failure_rate == 0.0:
             return False
-        return bool(numpy_rng(self._seed, "failure", task, round, cid).random() < self._failure_rate)
+        return bool(
+            numpy_rng(self._seed, "failure", task, round, cid).random() < self._failure_rate
+        )
 
     def run_round(
         self, task: str, messages: Mapping[int, Message], *, round: int
@@ -146,16 +148,20 @@ class InProcessEngine:
         replies: dict[int, Message] = {}
         for cid in sorted(messages):
             if not 0 <= cid < len(self._clients):
-                raise EngineError(f"client id {cid} does not exist (engine has {self.num_clients})")
+                raise EngineError(
+                    f"client id {cid} does not exist (engine has {self.num_clients})"
+                )
             msg = messages[cid]
-            self._ledger.record(round=round, client=cid, direction="down", kind=task,
-                                nbytes=msg.nbytes)
+            self._ledger.record(
+                round=round, client=cid, direction="down", kind=task, nbytes=msg.nbytes
+            )
             if self._fails(round, cid, task):
                 log.info("client %d dropped out of round %d (%s)", cid, round, task)
                 continue
             reply = fn(self._clients[cid], msg)
-            self._ledger.record(round=round, client=cid, direction="up", kind=task,
-                                nbytes=reply.nbytes)
+            self._ledger.record(
+                round=round, client=cid, direction="up", kind=task, nbytes=reply.nbytes
+            )
             replies[cid] = reply
         return replies
 

@@ -32,7 +32,9 @@ class Ledger:
 
     rows: list[LedgerRow] = field(default_factory=list)
 
-    def record(self, *, round: int, client: int, direction: Direction, kind: str, nbytes: int) -> None:
+    def record(
+        self, *, round: int, client: int, direction: Direction, kind: str, nbytes: int
+    ) -> None:
         """Append one metered payload."""
         self.rows.append(LedgerRow(round, client, direction, kind, int(nbytes)))
 

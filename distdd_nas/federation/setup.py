@@ -88,7 +88,9 @@ def build_federation(config: StudyConfig) -> Federation:
     )
     train = splits.train.with_labels(torch.as_tensor(noisy, dtype=torch.long))
     if part.holdout_fraction > 0:
-        split, holdout = full_split.holdout(part.holdout_fraction, seed=derive_seed(seed, "holdout"))
+        split, holdout = full_split.holdout(
+            part.holdout_fraction, seed=derive_seed(seed, "holdout")
+        )
     else:
         split = full_split
         holdout = FederatedSplit(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ class FedAvgSettings:
     """Everything the FedAvg server decides (a subset of :class:`config.FedAvgSection`)."""
 
     rounds: int = 20
-    local: TrainSettings = TrainSettings()
+    local: TrainSettings = field(default_factory=TrainSettings)
     server_lr: float = 1.0
     prox_mu: float = 0.0
     fraction: float = 1.0
@@ -111,7 +111,8 @@ def run_fedavg(
             prox_mu=settings.prox_mu,
         )
         replies = engine.run_round(
-            "local_train", {cid: Message(arrays=params, config=config) for cid in selected},
+            "local_train",
+            {cid: Message(arrays=params, config=config) for cid in selected},
             round=rnd,
         )
         finite, rejected = drop_non_finite(
@@ -145,8 +146,9 @@ def run_fedavg(
             on_round(row)
     if not rows:
         raise EngineError("FedAvg ran no round; set fedavg.rounds >= 1")
-    history = pd.DataFrame(rows).astype({"round": int, "clients": int, "replies": int,
-                                         "rejected": int})
+    history = pd.DataFrame(rows).astype(
+        {"round": int, "clients": int, "replies": int, "rejected": int}
+    )
     return FedAvgResult(
         parameters=params,
         history=history,

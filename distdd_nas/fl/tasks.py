@@ -29,14 +29,18 @@ def model_from_message(
     (all arrays except the names in ``extra``, which carry other task inputs)."""
     spec = ArchSpec.from_dict(json.loads(str(msg.config["arch"])))
     model = build_model(
-        spec, input_shape=client.dataset.input_shape, num_classes=client.dataset.num_classes,
+        spec,
+        input_shape=client.dataset.input_shape,
+        num_classes=client.dataset.num_classes,
         seed=0,  # weights are overwritten next; a fixed seed keeps the global RNG untouched
     )
     set_parameters(model, {k: v for k, v in msg.arrays.items() if k not in extra})
     return model
 
 
-def train_config(settings: TrainSettings, *, arch: ArchSpec, seed: int, prox_mu: float) -> dict[str, Any]:
+def train_config(
+    settings: TrainSettings, *, arch: ArchSpec, seed: int, prox_mu: float
+) -> dict[str, Any]:
     """The ``Message.config`` of a ``local_train`` request (inverse of :func:`_settings`)."""
     return {
         "arch": json.dumps(arch.to_dict(), sort_keys=True),
@@ -69,9 +73,7 @@ def local_train(client: ClientData, msg: Message) -> Message:
     images = client.dataset.images[client.train_indices]
     labels = client.dataset.labels[client.train_indices]
     prox_mu = float(msg.config.get("prox_mu", 0.0))
-    center = (
-        {k: v.detach().clone() for k, v in model.named_parameters()} if prox_mu > 0 else None
-    )
+    center = {k: v.detach().clone() for k, v in model.named_parameters()} if prox_mu > 0 else None
     loss = train_model(
         model,
         images,
@@ -90,7 +92,9 @@ def local_train(client: ClientData, msg: Message) -> Message:
 def evaluate(client: ClientData, msg: Message) -> Message:
     """Evaluate the received model on the client's held-out split (``split="train"`` for train)."""
     model = model_from_message(client, msg)
-    indices = client.train_indices if msg.config.get("split") == "train" else client.holdout_indices
+    indices = (
+        client.train_indices if msg.config.get("split") == "train" else client.holdout_indices
+    )
     idx = torch.as_tensor(indices, dtype=torch.long)
     loss, acc, n = evaluate_model(model, client.dataset.images[idx], client.dataset.labels[idx])
     correct = 0 if n == 0 else round(acc * n)

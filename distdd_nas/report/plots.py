@@ -61,8 +61,9 @@ def image_grid_figure(
                 ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
             else:
                 ax.axis("off")
-        axes[c][0].set_ylabel(str(classes[c])[:10], rotation=0, ha="right", va="center",
-                              fontsize=7)
+        axes[c][0].set_ylabel(
+            str(classes[c])[:10], rotation=0, ha="right", va="center", fontsize=7
+        )
     fig.suptitle("distilled images (one row per class)", fontsize=9)
     return fig
 
@@ -76,10 +77,17 @@ def distilled_grid_figure(
     max_per_class: int = 10,
 ) -> Figure:
     """:func:`image_grid_figure` of a :class:`DistilledSet` (class names default to 0..C-1)."""
-    names = list(classes) if classes is not None else [str(c) for c in range(
-        distilled.num_classes)]
-    return image_grid_figure(distilled.images, distilled.labels, mean=mean, std=std,
-                             classes=names, max_per_class=max_per_class)
+    names = (
+        list(classes) if classes is not None else [str(c) for c in range(distilled.num_classes)]
+    )
+    return image_grid_figure(
+        distilled.images,
+        distilled.labels,
+        mean=mean,
+        std=std,
+        classes=names,
+        max_per_class=max_per_class,
+    )
 
 
 def scatter_figure(frame: pd.DataFrame, *, x: str, y: str, title: str) -> Figure:
@@ -111,16 +119,33 @@ def proxy_vs_fedavg_figure(
     """Proxy score vs FedAvg accuracy, annotated with Kendall τ and Spearman ρ."""
     t = kendall_tau(validation[x], validation[y]) if tau is None else tau
     rho = spearman_rho(validation[x], validation[y])
-    fig = scatter_figure(validation, x=x, y=y,
-                         title=f"proxy score vs FedAvg accuracy ({len(validation)} candidates)")
+    fig = scatter_figure(
+        validation,
+        x=x,
+        y=y,
+        title=f"proxy score vs FedAvg accuracy ({len(validation)} candidates)",
+    )
     ax = fig.axes[0]
-    ax.text(0.02, 0.98, f"Kendall τ = {t:.2f}\nSpearman ρ = {rho:.2f}", transform=ax.transAxes,
-            va="top", ha="left", fontsize=8,
-            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
+    ax.text(
+        0.02,
+        0.98,
+        f"Kendall τ = {t:.2f}\nSpearman ρ = {rho:.2f}",
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize=8,
+        bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
+    )
     if "candidate_id" in validation:
         for _, row in validation.iterrows():
-            ax.annotate(str(row["candidate_id"])[:6], (row[x], row[y]), fontsize=5, alpha=0.6,
-                        xytext=(2, 2), textcoords="offset points")
+            ax.annotate(
+                str(row["candidate_id"])[:6],
+                (row[x], row[y]),
+                fontsize=5,
+                alpha=0.6,
+                xytext=(2, 2),
+                textcoords="offset points",
+            )
     return fig
 
 
@@ -142,13 +167,20 @@ def bars_figure(values: Mapping[str, float], *, title: str, ylabel: str) -> Figu
 
 def communication_figure(cost: CostComparison) -> Figure:
     """DistDD's stages and total against FedAvg for every candidate (bytes, log scale)."""
-    values = {"distil": cost.distill_bytes, "search": cost.search_bytes,
-              "validate": cost.validate_bytes, "DistDD total": cost.distdd_bytes,
-              "FedAvg-NAS": cost.fedavg_nas_bytes}
+    values = {
+        "distil": cost.distill_bytes,
+        "search": cost.search_bytes,
+        "validate": cost.validate_bytes,
+        "DistDD total": cost.distdd_bytes,
+        "FedAvg-NAS": cost.fedavg_nas_bytes,
+    }
     ratio = "∞" if math.isinf(cost.comm_ratio) else f"{cost.comm_ratio:.1f}×"
-    return bars_figure(values, ylabel="bytes (log scale)",
-                       title=f"communication: FedAvg per candidate / DistDD = {ratio} "
-                             f"({cost.n_candidates} candidates)")
+    return bars_figure(
+        values,
+        ylabel="bytes (log scale)",
+        title=f"communication: FedAvg per candidate / DistDD = {ratio} "
+        f"({cost.n_candidates} candidates)",
+    )
 
 
 def history_figure(trials: pd.DataFrame, *, value: str = "value") -> Figure:

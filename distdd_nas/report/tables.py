@@ -6,13 +6,40 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-TRIALS_COLUMNS = ("number", "candidate_id", "state", "value", "model", "num_parameters",
-                  "duration_s", "bytes_up", "bytes_down", "reference")
-RANKING_COLUMNS = ("proxy_rank", "candidate_id", "proxy_score", "model", "num_parameters",
-                   "number", "reference")
-VALIDATION_COLUMNS = ("candidate_id", "selected_as", "proxy_rank", "proxy_score",
-                      "fedavg_rank", "fedavg_accuracy", "model", "num_parameters", "bytes_up",
-                      "bytes_down", "wall_s")
+TRIALS_COLUMNS = (
+    "number",
+    "candidate_id",
+    "state",
+    "value",
+    "model",
+    "num_parameters",
+    "duration_s",
+    "bytes_up",
+    "bytes_down",
+    "reference",
+)
+RANKING_COLUMNS = (
+    "proxy_rank",
+    "candidate_id",
+    "proxy_score",
+    "model",
+    "num_parameters",
+    "number",
+    "reference",
+)
+VALIDATION_COLUMNS = (
+    "candidate_id",
+    "selected_as",
+    "proxy_rank",
+    "proxy_score",
+    "fedavg_rank",
+    "fedavg_accuracy",
+    "model",
+    "num_parameters",
+    "bytes_up",
+    "bytes_down",
+    "wall_s",
+)
 
 
 def _pick(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -25,7 +52,8 @@ def _pick(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 def trials_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Every trial in order of its number, with the columns a reader needs."""
     return _pick(trials.sort_values("number", kind="stable"), TRIALS_COLUMNS).reset_index(
-        drop=True)
+        drop=True
+    )
 
 
 def ranking_table(ranking: pd.DataFrame) -> pd.DataFrame:
@@ -39,8 +67,10 @@ def ranking_table(ranking: pd.DataFrame) -> pd.DataFrame:
 def validation_table(validation: pd.DataFrame) -> pd.DataFrame:
     """Validated candidates by proxy rank, with their rank by FedAvg accuracy (1 = best)."""
     frame = validation.assign(
-        fedavg_rank=validation["fedavg_accuracy"].rank(ascending=False, method="min")
-        .astype("int64"))
+        fedavg_rank=validation["fedavg_accuracy"]
+        .rank(ascending=False, method="min")
+        .astype("int64")
+    )
     frame = frame.sort_values("proxy_rank", kind="stable") if "proxy_rank" in frame else frame
     return _pick(frame, VALIDATION_COLUMNS).reset_index(drop=True)
 
@@ -55,8 +85,9 @@ def markdown_table(frame: pd.DataFrame, *, floatfmt: str = ".4f") -> str:
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body])
 
 

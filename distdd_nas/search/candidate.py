@@ -84,13 +84,14 @@ class Candidate:
         fedavg: FedAvg overrides by field name (``lr``, ``local_epochs``, ``batch_size``,
             ``server_lr``, ``momentum``, ``weight_decay``, ``rounds``); empty for pure
             architecture candidates. Non-empty means the proxy is simulated FedAvg.
-        params: The canonical parameters it was built from.
+        params: The canonical parameters it was built from (not part of equality: two
+            dicts that build the same thing give equal candidates).
     """
 
     arch: ArchSpec
     train: TrainSettings
     fedavg: Mapping[str, int | float] = field(default_factory=dict)
-    params: Mapping[str, Value] = field(default_factory=dict)
+    params: Mapping[str, Value] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_params(

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from distdd_nas.data import DatasetSplits
 from distdd_nas.distill.client import (
+    GradientPath,
     Segment,
-    can_fuse,
     class_gradients,
     class_stats,
+    is_sample_independent,
     per_class_gradients,
 )
 from distdd_nas.errors import ConfigError
@@ -45,29 +46,31 @@ def reference_rows(net: torch.nn.Module, x: torch.Tensor,
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("path", ["fused", "micro", "plain"])
 @pytest.mark.parametrize(("arch", "shape"), ARCHS, ids=[a.short_name() for a, _ in ARCHS])
 def test_per_class_gradients_equal_one_backward_per_class(
-    arch: ArchSpec, shape: tuple[int, int, int]
+    arch: ArchSpec, shape: tuple[int, int, int], path: GradientPath,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import distdd_nas.distill.client as client_module
+
+    monkeypatch.setattr(client_module, "MICRO_BATCH", 6)  # micro-batches cut across classes
     net = build_model(arch, input_shape=shape, num_classes=10, seed=3)
     x = torch.randn(23, *shape, generator=torch.Generator().manual_seed(0))
     segments = [Segment(1, 0, 7), Segment(4, 7, 8), Segment(9, 8, 23)]
-    got = per_class_gradients(net, x, segments)
+    got = per_class_gradients(net, x, segments, path=path)
     want = reference_rows(net, x, segments)
     assert got.shape == want.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert can_fuse(net) == (arch.norm != "batch" or arch.family != "convnet")
+    assert is_sample_independent(net) == (arch.norm != "batch" or arch.family != "convnet")
 
 
-def test_fused_path_splits_large_batches_into_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import distdd_nas.distill.client as client_module
-
-    net = build_model(TINY, input_shape=(1, 8, 8), num_classes=10, seed=0)
-    x = torch.randn(30, 1, 8, 8)
-    segments = [Segment(0, 0, 10), Segment(1, 10, 20), Segment(2, 20, 30)]
-    whole = per_class_gradients(net, x, segments)
-    monkeypatch.setattr(client_module, "MAX_FUSED_BATCH", 12)
-    torch.testing.assert_close(per_class_gradients(net, x, segments), whole)
+def test_batchnorm_in_eval_mode_counts_as_sample_independent() -> None:
+    net = build_model(ArchSpec(depth=2, width=8, norm="batch"), input_shape=(1, 8, 8),
+                      num_classes=10, seed=0)
+    assert not is_sample_independent(net)
+    net.eval()
+    assert is_sample_independent(net)
 
 
 def test_class_stats_counts_and_moments(digits: DatasetSplits) -> None:
@@ -133,3 +136,10 @@ def test_client_without_requested_classes_sends_an_empty_matrix(digits: DatasetS
     (client,) = make_clients(digits.train, [np.arange(100)])
     reply = class_gradients(client, _request(TINY, np.zeros(10, dtype=np.int64)))
     assert reply.arrays["grads"].shape[0] == 0 and not reply.arrays["counts"].any()
+
+
+def test_unknown_gradient_path_is_a_config_error() -> None:
+    net = build_model(TINY, input_shape=(1, 8, 8), num_classes=10, seed=0)
+    with pytest.raises(ConfigError, match="unknown gradient path 'fast'"):
+        per_class_gradients(net, torch.zeros(2, 1, 8, 8), [Segment(0, 0, 2)],
+                            path="fast")  # type: ignore[arg-type]

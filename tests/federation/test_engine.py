@@ -29,7 +29,8 @@ def test_clients_are_index_views_on_one_dataset(federation) -> None:  # type: ig
     datasets = {id(c.dataset) for c in federation.clients}
     assert len(datasets) == 1, "clients must share one dataset, not hold copies"
     all_idx = np.concatenate(
-        [c.train_indices for c in federation.clients] + [c.holdout_indices for c in federation.clients]
+        [c.train_indices for c in federation.clients]
+        + [c.holdout_indices for c in federation.clients]
     )
     assert len(all_idx) == len(set(all_idx.tolist())) == len(federation.train)
 
@@ -37,8 +38,9 @@ def test_clients_are_index_views_on_one_dataset(federation) -> None:  # type: ig
 def test_run_round_meters_every_payload(federation) -> None:  # type: ignore[no-untyped-def]
     engine = InProcessEngine(clients=federation.clients, tasks={"echo": echo})
     payload = {"x": np.ones((10, 3), dtype=np.float32)}  # 120 bytes
-    replies = engine.run_round("echo", {2: Message(arrays=payload), 0: Message(arrays=payload)},
-                               round=7)
+    replies = engine.run_round(
+        "echo", {2: Message(arrays=payload), 0: Message(arrays=payload)}, round=7
+    )
     assert list(replies) == [0, 2]
     np.testing.assert_array_equal(replies[0].arrays["x"], 2 * payload["x"])
     frame = engine.ledger.to_frame()
@@ -49,8 +51,9 @@ def test_run_round_meters_every_payload(federation) -> None:  # type: ignore[no-
 
 def test_failure_injection_is_seeded_and_drops_replies(federation) -> None:  # type: ignore[no-untyped-def]
     def run() -> list[list[int]]:
-        engine = InProcessEngine(clients=federation.clients, tasks={"echo": echo},
-                                 failure_rate=0.5, seed=3)
+        engine = InProcessEngine(
+            clients=federation.clients, tasks={"echo": echo}, failure_rate=0.5, seed=3
+        )
         msgs = {c: Message(arrays={"x": np.zeros(4, np.float32)}) for c in range(4)}
         return [sorted(engine.run_round("echo", msgs, round=r)) for r in range(20)]
 
@@ -62,11 +65,11 @@ def test_failure_injection_is_seeded_and_drops_replies(federation) -> None:  # t
 
 def test_engine_errors(federation) -> None:  # type: ignore[no-untyped-def]
     engine = InProcessEngine(clients=federation.clients, tasks={"echo": echo})
-    with pytest.raises(EngineError, match="unknown client task 'train'; registered tasks: echo"):
+    with pytest.raises(EngineError, match=r"unknown client task 'train'; registered tasks: echo"):
         engine.run_round("train", {0: Message()}, round=0)
-    with pytest.raises(EngineError, match="client id 9 does not exist"):
+    with pytest.raises(EngineError, match=r"client id 9 does not exist"):
         engine.run_round("echo", {9: Message()}, round=0)
-    with pytest.raises(ConfigError, match="failure_rate 1.0 is out of range"):
+    with pytest.raises(ConfigError, match=r"failure_rate 1.0 is out of range"):
         InProcessEngine(clients=federation.clients, tasks={}, failure_rate=1.0)
 
 
@@ -76,7 +79,7 @@ def test_select_clients_seeded_and_sized() -> None:
     assert len(a) == 3 and a == sorted(a)
     assert select_clients(num_clients=10, fraction=1.0, seed=1, round=5) == list(range(10))
     assert len(select_clients(num_clients=3, fraction=0.01, seed=0, round=0)) == 1
-    with pytest.raises(ConfigError, match="client fraction 0 is out of range"):
+    with pytest.raises(ConfigError, match=r"client fraction 0 is out of range"):
         select_clients(num_clients=3, fraction=0, seed=0, round=0)
 
 
@@ -85,10 +88,16 @@ def test_fedavg_ledger_equals_analytical_count(fraction: float) -> None:
     config = smoke("fedavg.rounds=3", "fedavg.local_epochs=1", f"federation.fraction={fraction}")
     fed = build_federation(config)
     engine = make_engine(config, fed)
-    run_fedavg(engine, arch=reference_arch(config), test=fed.test,
-               settings=fedavg_settings(config), seed=0)
-    model = build_model(reference_arch(config), input_shape=fed.train.input_shape,
-                        num_classes=fed.num_classes)
+    run_fedavg(
+        engine,
+        arch=reference_arch(config),
+        test=fed.test,
+        settings=fedavg_settings(config),
+        seed=0,
+    )
+    model = build_model(
+        reference_arch(config), input_shape=fed.train.input_shape, num_classes=fed.num_classes
+    )
     param_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     per_round = max(1, int(np.floor(fraction * fed.num_clients + 0.5)))
     expected = 3 * per_round * param_bytes
@@ -107,14 +116,21 @@ def test_fedavg_excludes_a_nan_client_and_stays_finite() -> None:
     def poisoned(client, msg):  # type: ignore[no-untyped-def]
         reply = local_train(client, msg)
         if client.cid == 1:
-            arrays = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v
-                      for k, v in reply.arrays.items()}
+            arrays = {
+                k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v
+                for k, v in reply.arrays.items()
+            }
             return Message(arrays=arrays, config=reply.config)
         return reply
 
     engine = InProcessEngine(clients=fed.clients, tasks={"local_train": poisoned})
-    result = run_fedavg(engine, arch=reference_arch(config), test=fed.test,
-                        settings=fedavg_settings(config), seed=0)
+    result = run_fedavg(
+        engine,
+        arch=reference_arch(config),
+        test=fed.test,
+        settings=fedavg_settings(config),
+        seed=0,
+    )
     assert result.history["rejected"].tolist() == [1, 1]
     assert all(np.isfinite(v).all() for v in result.parameters.values())
     assert result.test_accuracy > 0.3

@@ -1,0 +1,73 @@
+"""Several `distdd-nas search` workers on one study: PostgreSQL (RDB) and the journal file.
+
+Each worker is a separate process with its own run directory; they share the distilled set (one
+cache) and the Optuna study (one storage). The union of their trials must be exactly the target
+number of distinct completed trials.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from distdd_nas.cli import main
+from tests.conftest import SMOKE
+from tests.servers import postgres_server
+
+FAST = ["--set", "distill.iterations=2", "--set", "distill.eval.epochs=10",
+        "--set", "distill.eval.num_models=1", "--set", "search.epochs=5",
+        "--set", "search.sampler=random"]
+
+
+def run_workers(tmp: Path, storage: str, workers: int, n_trials: int) -> optuna.Study:
+    cache = tmp / "cache"
+    assert main(["distill", str(SMOKE), "--out", str(tmp / "w0"), "--cache", str(cache),
+                 *FAST]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distdd_nas.cli", "search", str(SMOKE),
+             "--out", str(tmp / f"w{i}"), "--cache", str(cache), *FAST,
+             "--set", f"search.n_trials={n_trials}", "--set", f'search.storage="{storage}"'],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(workers)
+    ]
+    try:
+        outputs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, text in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, text[-2000:]
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def check_union(study: optuna.Study, n_trials: int) -> None:
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == n_trials
+    assert len({t.number for t in complete}) == n_trials
+    workers = {t.user_attrs.get("worker") for t in complete}
+    assert len(workers) >= 2, "the trials should come from several workers"
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+def test_three_workers_on_postgresql(tmp_path: Path) -> None:
+    with postgres_server() as url:
+        study = run_workers(tmp_path, url, workers=3, n_trials=12)
+        check_union(study, 12)
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_on_journal_file(tmp_path: Path) -> None:
+    storage = f"journal://{tmp_path / 'study.log'}"
+    study = run_workers(tmp_path, storage, workers=2, n_trials=12)
+    check_union(study, 12)

@@ -1,0 +1,113 @@
+"""search → validate → report through the CLI on the smoke study, and resuming a killed search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from distdd_nas.cli import main
+from tests.conftest import SMOKE
+
+FAST = ["--set", "distill.iterations=2", "--set", "distill.eval.epochs=10",
+        "--set", "distill.eval.num_models=1", "--set", "search.epochs=5",
+        "--set", "fedavg.rounds=2", "--set", "fedavg.local_epochs=1"]
+
+
+def test_run_smoke_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    code = main(["run", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
+                 "--set", "search.n_trials=5", "--set", "validate.top_k=2",
+                 "--set", "validate.n_random=2"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    for key in ("kendall_tau", "spearman_rho", "top1_regret", "n_trials", "n_validated",
+                "bytes_distdd_total", "bytes_fedavg_nas_total", "comm_ratio",
+                "break_even_candidates"):
+        assert key in summary, key
+    assert summary["n_trials"] == 5 and summary["n_validated"] == 4
+    trials = pd.read_csv(out / "report" / "trials.csv")
+    validation = pd.read_csv(out / "report" / "validation.csv")
+    assert trials.loc[0, "reference"]  # the reference architecture is trial 0
+    assert set(validation["candidate_id"]) <= set(trials["candidate_id"])
+    assert validation["selected_as"].tolist() == ["top", "top", "control", "control"]
+    # Costs are measured: validation bytes equal the FedAvg ledgers.
+    ledger = pd.read_csv(out / "validate" / "ledger.csv")
+    assert ledger["bytes"].sum() == (validation["bytes_up"] + validation["bytes_down"]).sum()
+    for name in ("report.md", "proxy_vs_fedavg.png", "communication.png", "history.png",
+                 "grid.png", "manifest.json"):
+        assert (out / "report" / name).is_file(), name
+    text = (out / "report" / "report.md").read_text()
+    assert "Kendall" in text and "Break-even" in text
+    # A second run reuses every cached stage and continues the same study.
+    assert main(["run", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
+                 "--set", "search.n_trials=5", "--set", "validate.top_k=2",
+                 "--set", "validate.n_random=2"]) == 0
+    again = pd.read_csv(out / "report" / "trials.csv")
+    assert again["number"].tolist() == trials["number"].tolist()
+    assert json.loads((out / "distill" / "summary.json").read_text())["cache_hit"]
+    # inspect summarises the run
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "search" in shown and "complete" in shown and "kendall_tau" in shown
+
+
+def test_validate_before_search_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(SMOKE), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run 'distdd-nas search'" in err
+
+
+def test_inspect_bad_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def _completed(storage: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception:
+        return []
+    if not names:
+        return []
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_killed_search_resumes_without_losing_trials(tmp_path: Path) -> None:
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["search", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
+            "--set", "search.n_trials=6", "--set", "search.epochs=20"]
+    # Distil first so the killed process spends its time in trials.
+    assert main(["distill", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST]) == 0
+    storage = f"sqlite:///{(out / 'search' / 'optuna.db').resolve()}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "distdd_nas.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while len(_completed(storage)) < 2 and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    before = {t.number: (t.value, t.params) for t in _completed(storage)}
+    assert 2 <= len(before) < 6, "the search must be killed mid-way"
+    assert main(args) == 0
+    after = {t.number: (t.value, t.params) for t in _completed(storage)}
+    assert len(after) == 6
+    for number, record in before.items():
+        assert after[number] == record, "a completed trial changed or was lost"
+    trials = pd.read_csv(out / "search" / "trials.csv")
+    assert (trials["state"] == "COMPLETE").sum() == 6
