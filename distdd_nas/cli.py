@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="DistDD-based architecture search for federated learning"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch intra-op threads (default: torch's; 1 is fastest for small "
+                             "models or when other jobs share the CPU)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -310,6 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"{PROG}: error: --threads must be >= 1 (got {args.threads})", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except DistddError as err:

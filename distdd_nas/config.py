@@ -137,15 +137,26 @@ class DistillSection(Section):
 
 
 class SearchSection(Section):
-    """Proxy search on the distilled set."""
+    """Proxy search on the distilled set.
+
+    ``sampler``: Optuna takes tpe/random/grid/cmaes/gp, NNI tpe/random/grid/evolution.
+    ``holdout_fraction``: share of the test split the server keeps for ``server_holdout``
+    scoring (FL validation then reports accuracy on the rest). ``virtual_examples``: total size
+    of the virtual clients of simulated FedAvg (``fedavg.*`` spaces; None = the real sizes).
+    ``trial_timeout_s`` and ``concurrency`` apply to NNI trials.
+    """
 
     backend: Literal["optuna", "nni"] = "optuna"
     space: str = "convnet720"
     n_trials: int = Field(default=30, ge=1)
-    sampler: Literal["tpe", "random", "grid", "cmaes", "gp"] = "tpe"
+    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "evolution"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "none"
     storage: str | None = None
     scoring: Literal["federated", "server_holdout"] = "federated"
+    holdout_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    virtual_examples: int | None = Field(default=2000, ge=1)
+    trial_timeout_s: float | None = Field(default=None, gt=0.0)
+    concurrency: int = Field(default=1, ge=1)
     epochs: int = Field(default=100, ge=1)
     lr: float = Field(default=0.01, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
@@ -156,10 +167,16 @@ class SearchSection(Section):
 
 
 class ValidateSection(Section):
-    """Real FedAvg on the top-k proxy candidates plus seeded random controls."""
+    """Real FedAvg on the top-k proxy candidates plus seeded random controls.
+
+    ``rounds`` overrides ``fedavg.rounds`` for the validation runs (None: the same rounds);
+    FedAvg-per-candidate cost is still reckoned at ``fedavg.rounds`` (measured bytes and
+    seconds per round, scaled; see ``report.metrics.communication_cost(validated_rounds=...)``).
+    """
 
     top_k: int = Field(default=5, ge=1)
     n_random: int = Field(default=3, ge=0)
+    rounds: int | None = Field(default=None, ge=1)  # FedAvg rounds per candidate (fedavg.rounds)
 
 
 class StudyConfig(Section):

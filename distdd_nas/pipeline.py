@@ -15,8 +15,8 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,10 +60,14 @@ from distdd_nas.report.plots import (
     scatter_figure,
 )
 from distdd_nas.report.tables import markdown_table
-from distdd_nas.search.backends import SearchBackend
-from distdd_nas.search.candidate import Candidate
-from distdd_nas.search.objective import ProxyScorer, Reporter, server_holdout
-from distdd_nas.search.optuna_backend import OptunaBackend
+from distdd_nas.search.backends import create_backend
+from distdd_nas.search.candidate import CandidateFactory
+from distdd_nas.search.objective import (
+    ProxyObjective,
+    ProxyScorer,
+    save_proxy_inputs,
+    split_server_holdout,
+)
 from distdd_nas.search.ranking import rank_trials, select_for_validation
 from distdd_nas.search.space import SearchSpace
 from distdd_nas.seeding import derive_seed
@@ -571,34 +575,9 @@ def proxy_train_settings(config: StudyConfig) -> TrainSettings:
     )
 
 
-def candidate_factory(config: StudyConfig) -> Callable[[Mapping[str, Any]], Candidate]:
+def candidate_factory(config: StudyConfig) -> CandidateFactory:
     """params → Candidate, the one path used by the proxy, validation and reports."""
-    reference, train = reference_arch(config), proxy_train_settings(config)
-    return lambda params: Candidate.from_params(params, reference=reference, train=train)
-
-
-def reference_params(config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
-    """The reference architecture expressed in the space's searched parameters."""
-    arch = reference_arch(config).to_dict()
-    train = vars(proxy_train_settings(config))
-    base = fedavg_settings(config)
-    fed = {
-        "lr": base.local.lr,
-        "local_epochs": base.local.epochs,
-        "batch_size": base.local.batch_size,
-        "server_lr": base.server_lr,
-        "momentum": base.local.momentum,
-        "rounds": base.rounds,
-    }
-    values = {"arch": arch, "train": train, "fedavg": fed}
-    out = {}
-    for p in space.params:
-        group, _, key = p.name.partition(".")
-        value = values[group][key]
-        if p.type == "categorical" and value not in p.choices:
-            return {}
-        out[p.name] = value
-    return out
+    return CandidateFactory(reference=reference_arch(config), train=proxy_train_settings(config))
 
 
 def ensure_distilled(
@@ -622,47 +601,54 @@ def run_search_stage(
     synthetic = load_distilled(distilled_path)
     counts = pd.read_csv(distilled_path / "class_counts.csv").drop(columns="client").to_numpy()
     seed = config.study.seed
-    engine = make_engine(config, fed) if config.search.scoring == "federated" else None
+    sc = config.search
+    engine = make_engine(config, fed) if sc.scoring == "federated" else None
+    holdout, _ = split_server_holdout(fed.test, seed=seed, fraction=sc.holdout_fraction)
     scorer = ProxyScorer(
         distilled=synthetic,
         like=fed.train,
-        scoring=config.search.scoring,
-        holdout=server_holdout(fed.test, seed=seed),
+        scoring=sc.scoring,
+        holdout=holdout if sc.scoring == "server_holdout" else None,
         engine=engine,
         client_class_counts=counts,
         fedavg=fedavg_settings(config),
         seed=seed,
+        seeds=sc.seeds_per_trial,
+        virtual_examples=sc.virtual_examples,
     )
-    make = candidate_factory(config)
-    n_trials = config.search.n_trials
-
-    def objective(params: Mapping[str, Any], report: Reporter) -> tuple[float, dict[str, Any]]:
-        candidate = make(params)
-        down = engine.ledger.bytes_down if engine else 0
-        up = engine.ledger.bytes_up if engine else 0
-        value = scorer(candidate, report)
-        attrs = {
-            "candidate_id": candidate.candidate_id,
-            "bytes_down": (engine.ledger.bytes_down - down) if engine else 0,
-            "bytes_up": (engine.ledger.bytes_up - up) if engine else 0,
-        }
-        if progress is not None:
-            progress(0, n_trials, {"value": value})
-        return value, attrs
-
+    factory = candidate_factory(config)
+    objective: Any = ProxyObjective(scorer=scorer, candidates=factory)
     search_dir = out / "search"
     search_dir.mkdir(parents=True, exist_ok=True)
-    storage = config.search.storage or f"sqlite:///{(search_dir / 'optuna.db').resolve()}"
+    if (
+        sc.backend == "nni"
+    ):  # NNI trials run in subprocesses: they rebuild the objective from files
+        objective = save_proxy_inputs(
+            search_dir / "nni" / "inputs", objective=objective, study_config=config.to_dict()
+        )
+    storage = sc.storage or f"sqlite:///{(search_dir / 'optuna.db').resolve()}"
     study_name = f"{config.study.name}-{search_fingerprint(config)}"
     backend = create_backend(
-        config,
+        sc.backend,
         space=space,
         storage=storage,
         study_name=study_name,
+        sampler=sc.sampler,
+        pruner=sc.pruner,
+        seed=seed,
         workdir=search_dir,
-        reference=reference_params(config, space),
+        reference=space.point(factory.reference_values(fedavg_settings(config))),
+        trial_timeout_s=sc.trial_timeout_s,
+        concurrency=sc.concurrency,
     )
-    trials = backend.optimize(objective, n_trials=n_trials)
+
+    def on_trial(*_: Any) -> None:
+        if progress is not None:
+            progress(0, sc.n_trials, {})
+
+    trials = backend.optimize(
+        objective, n_trials=sc.n_trials, timeout_s=sc.timeout_s, callback=on_trial
+    )
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     summary = {
         "backend": config.search.backend,
@@ -683,38 +669,6 @@ def run_search_stage(
         w.csv("trials.csv", trials)
         w.json("summary.json", summary)
     return StageOutcome(search_dir, summary)
-
-
-def create_backend(
-    config: StudyConfig,
-    *,
-    space: SearchSpace,
-    storage: str,
-    study_name: str,
-    workdir: Path,
-    reference: Mapping[str, Any],
-) -> SearchBackend:
-    """The configured search backend (keyword-only factory; NNI needs the ``nni`` extra)."""
-    s = config.search
-    if s.backend == "optuna":
-        return OptunaBackend(
-            space=space,
-            storage=storage,
-            study_name=study_name,
-            sampler=s.sampler,
-            pruner=s.pruner,
-            seed=config.study.seed,
-            reference=reference or None,
-        )
-    from distdd_nas.search.nni_backend import NniBackend
-
-    return NniBackend(
-        space=space,
-        workdir=workdir / "nni",
-        tuner=s.sampler,
-        seed=config.study.seed,
-        study_name=study_name,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -745,6 +699,8 @@ def run_validate_stage(
     fed = build_federation(config)
     make = candidate_factory(config)
     base = fedavg_settings(config)
+    if v.rounds is not None:
+        base = replace(base, rounds=v.rounds)
     rows, ledgers = [], []
     for i, row in selection.iterrows():
         params = {
@@ -815,17 +771,20 @@ def run_validate_stage(
 
 def cost_comparison(config: StudyConfig, out: Path, *, cache: Path) -> CostComparison:
     """Measured bytes/seconds of distil + search + validate, and FedAvg-per-candidate for every
-    trial: measured on the validated candidates, extrapolated to the others by parameter count
-    (FedAvg traffic per round is 2 × clients per round × parameter bytes)."""
+    trial (``fedavg.rounds`` rounds each): measured per parameter and round on the validated
+    candidates, extrapolated to the others by parameter count (FedAvg traffic per round is
+    2 × clients per round × parameter bytes)."""
     manifest = read_manifest(distilled_dir(config, cache)) or {}
     trials = pd.read_csv(out / "search" / "trials.csv")
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     validation = pd.read_csv(out / "validate" / "validation.csv")
-    bytes_per_param = float(
-        (validation["bytes_up"] + validation["bytes_down"]).sum()
-        / validation["num_parameters"].sum()
+    # Per parameter per round, so a short validation budget still prices a full FedAvg run.
+    param_rounds = float((validation["num_parameters"] * validation["rounds"]).sum())
+    bytes_per_param_round = float(
+        (validation["bytes_up"] + validation["bytes_down"]).sum() / param_rounds
     )
-    s_per_param = float(validation["wall_s"].sum() / validation["num_parameters"].sum())
+    s_per_param_round = float(validation["wall_s"].sum() / param_rounds)
+    full_rounds = config.fedavg.rounds
     fed = build_federation(config)
     make = candidate_factory(config)
     sizes = []
@@ -844,12 +803,12 @@ def cost_comparison(config: StudyConfig, out: Path, *, cache: Path) -> CostCompa
         distill_bytes=int(manifest.get("bytes_up", 0)) + int(manifest.get("bytes_down", 0)),
         search_bytes=int(finished["bytes_up"].sum() + finished["bytes_down"].sum()),
         validate_bytes=int((validation["bytes_up"] + validation["bytes_down"]).sum()),
-        fedavg_bytes_per_candidate=bytes_per_param * mean_size,
+        fedavg_bytes_per_candidate=bytes_per_param_round * mean_size * full_rounds,
         n_candidates=len(finished),
         distill_s=float(manifest.get("wall_s", 0.0)),
         search_s=float(finished["duration_s"].sum()),
         validate_s=float(validation["wall_s"].sum()),
-        fedavg_s_per_candidate=s_per_param * mean_size,
+        fedavg_s_per_candidate=s_per_param_round * mean_size * full_rounds,
     )
 
 
@@ -961,6 +920,12 @@ def render_markdown(
             f"| {summary['time_ratio']:.1f}× |",
         ]
     )
+    m = summary["break_even_candidates"]
+    break_even = (
+        f"Break-even: DistDD-based search sends fewer bytes from **{m}** candidates on"
+        if m is not None
+        else "Break-even: never — scoring one proxy trial costs as many bytes as a FedAvg run"
+    )
     distilled_line = (
         f"- distilled set: {config.distill.ipc} images/class, accuracy "
         f"{acc:.4f} (random real subset, centralized reference: {rnd:.4f})"
@@ -986,8 +951,7 @@ def render_markdown(
 ## Cost: distil once + search vs FedAvg per candidate
 {cost_rows}
 
-Break-even: DistDD-based search sends fewer bytes from **{summary["break_even_candidates"]}**
-candidates on (distillation {mib(summary["bytes_distill"])}, search scoring
+{break_even} (distillation {mib(summary["bytes_distill"])}, search scoring
 {mib(summary["bytes_search"])}, validation {mib(summary["bytes_validate"])}).
 
 ![communication](communication.png) ![history](history.png) ![grid](grid.png)

@@ -50,6 +50,13 @@ def test_fedavg_smoke_writes_summary_and_tables(
     assert ledger.loc[ledger.direction == "up", "bytes"].sum() == summary["bytes_up"]
 
 
+def test_fedavg_smoke_study_reaches_90_percent(tmp_path: Path) -> None:
+    """The shipped smoke study, unchanged: FedAvg on digits reaches >= 90 % test accuracy."""
+    assert main(["fedavg", str(SMOKE), "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "fedavg" / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.90
+
+
 BAD_INPUTS = [
     (["fedavg", "studies/nope.toml"], "study file 'studies/nope.toml' not found"),
     (["fedavg", str(SMOKE), "--set", "fedavg.rouns=3"], "unknown key 'fedavg.rouns'"),

@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 from distdd_nas.cli import main
+from distdd_nas.search.optuna_backend import make_storage
 from tests.conftest import SMOKE
 from tests.servers import postgres_server
 
@@ -45,9 +46,10 @@ def run_workers(tmp: Path, storage: str, workers: int, n_trials: int) -> optuna.
                 p.kill()
     for p, text in zip(procs, outputs, strict=True):
         assert p.returncode == 0, text[-2000:]
-    names = optuna.get_all_study_names(storage)
+    handle = make_storage(storage)  # understands journal:// as well as SQLAlchemy URLs
+    names = optuna.get_all_study_names(handle)
     assert len(names) == 1
-    return optuna.load_study(study_name=names[0], storage=storage)
+    return optuna.load_study(study_name=names[0], storage=handle)
 
 
 def check_union(study: optuna.Study, n_trials: int) -> None:

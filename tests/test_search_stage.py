@@ -111,3 +111,22 @@ def test_killed_search_resumes_without_losing_trials(tmp_path: Path) -> None:
         assert after[number] == record, "a completed trial changed or was lost"
     trials = pd.read_csv(out / "search" / "trials.csv")
     assert (trials["state"] == "COMPLETE").sum() == 6
+
+
+@pytest.mark.nni
+@pytest.mark.timeout(400)
+def test_run_smoke_through_nni(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same smoke pipeline with the NNI backend: trials land in the same table."""
+    pytest.importorskip("nni")
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    code = main(["run", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
+                 "--set", "search.backend=nni", "--set", "search.sampler=random",
+                 "--set", "search.n_trials=3", "--set", "validate.top_k=2",
+                 "--set", "validate.n_random=0"])
+    assert code == 0, capsys.readouterr().err
+    trials = pd.read_csv(out / "report" / "trials.csv")
+    assert (trials["state"] == "COMPLETE").sum() == 3
+    assert set(trials["backend"]) == {"nni"}
+    assert (out / "search" / "nni").is_dir()
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["n_trials"] == 3 and summary["n_validated"] == 2

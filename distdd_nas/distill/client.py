@@ -159,7 +159,10 @@ def draw_class_batches(
 
 
 def per_class_gradients(
-    model: nn.Module, images: torch.Tensor, segments: Sequence[Segment], *,
+    model: nn.Module,
+    images: torch.Tensor,
+    segments: Sequence[Segment],
+    *,
     path: GradientPath = "fused",
 ) -> torch.Tensor:
     """Rows of ∇θ mean CE(f_θ(x_s), s.label) for each segment s of a class-sorted batch.
@@ -178,8 +181,9 @@ def per_class_gradients(
     mode: batch statistics) always take ``plain``.
     """
     if path not in GRADIENT_PATHS:
-        raise ConfigError(f"unknown gradient path {path!r}; use one of "
-                          f"{', '.join(GRADIENT_PATHS)}")
+        raise ConfigError(
+            f"unknown gradient path {path!r}; use one of {', '.join(GRADIENT_PATHS)}"
+        )
     if path == "plain" or not is_sample_independent(model):
         return _class_loop(model, images, segments, micro_batch=None)
     if path == "micro":
@@ -188,8 +192,11 @@ def per_class_gradients(
     out = torch.zeros(len(segments), dim)
     for lo in range(0, segments[-1].stop if segments else 0, MICRO_BATCH):
         hi = min(lo + MICRO_BATCH, segments[-1].stop)
-        parts = [(row, s, max(s.start, lo), min(s.stop, hi)) for row, s in enumerate(segments)
-                 if s.start < hi and s.stop > lo]
+        parts = [
+            (row, s, max(s.start, lo), min(s.stop, hi))
+            for row, s in enumerate(segments)
+            if s.start < hi and s.stop > lo
+        ]
         _fused_rows(model, images, parts, out)
     return out
 
@@ -217,8 +224,9 @@ def is_sample_independent(model: nn.Module) -> bool:
     return True
 
 
-def _class_loop(model: nn.Module, images: torch.Tensor, segments: Sequence[Segment], *,
-                micro_batch: int | None) -> torch.Tensor:
+def _class_loop(
+    model: nn.Module, images: torch.Tensor, segments: Sequence[Segment], *, micro_batch: int | None
+) -> torch.Tensor:
     """One forward/backward per class (split into micro-batches whose gradients are summed)."""
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
@@ -246,8 +254,12 @@ class _Call:
     out: torch.Tensor
 
 
-def _fused_rows(model: nn.Module, images: torch.Tensor,
-                parts: Sequence[tuple[int, Segment, int, int]], out: torch.Tensor) -> None:
+def _fused_rows(
+    model: nn.Module,
+    images: torch.Tensor,
+    parts: Sequence[tuple[int, Segment, int, int]],
+    out: torch.Tensor,
+) -> None:
     """Add to ``out[row]`` the gradient contributions of rows ``lo:hi`` of each class segment.
 
     One forward over the micro-batch, the loss Σ_i CE_i / n_class(i), one backward to every

@@ -36,6 +36,7 @@ from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.result import DistilledSet, DistillResult
 from distdd_nas.distill.server import (
     Distance,
+    GradFn,
     aggregate_class_gradients,
     batch_shares,
     check_class_totals,
@@ -43,6 +44,7 @@ from distdd_nas.distill.server import (
     dc_loops,
     init_client_mean,
     init_noise,
+    make_grad_fn,
     match_loss,
     step_with_global_gradient,
     train_net_on_synthetic,
@@ -89,6 +91,7 @@ class _Run:
     dim: int
     seed: int
     fraction: float
+    grad_fn: GradFn | None
 
 
 def resolve_loops(settings: DistillSection) -> tuple[int, int]:
@@ -127,6 +130,7 @@ def run_distill(
     settings: DistillSection,
     seed: int,
     fraction: float = 1.0,
+    compile: bool = False,
     test: ImageDataset | None = None,
     on_iteration: Callable[[dict[str, float]], None] | None = None,
 ) -> DistillResult:
@@ -141,6 +145,9 @@ def run_distill(
         settings: The ``[distill]`` section.
         seed: Root seed: initial images, every θ0, client batches and client selection.
         fraction: Share of clients selected per matching step (``federation.fraction``).
+        compile: Run DC's inner loop through torch.compile (see
+            :func:`~distdd_nas.distill.server.make_grad_fn`): ~2× faster inner steps on a CPU
+            after a one-off compilation; results agree with eager mode to float rounding only.
         test: Server-side test set for accuracy checkpoints every ``settings.eval_every``
             iterations (with ``settings.eval``); none when omitted or ``eval_every == 0``.
         on_iteration: Called with each history row (progress bars).
@@ -177,6 +184,7 @@ def run_distill(
         sum(p.numel() for p in probe.parameters() if p.requires_grad),
         seed,
         fraction,
+        make_grad_fn(probe, compiled=compile),
     )
     rows: list[dict[str, float]] = []
     eval_s = 0.0
@@ -265,6 +273,7 @@ def _iteration(
                 steps=inner,
                 batch_size=settings.batch_syn,
                 generator=inner_gen,
+                grad_fn=run.grad_fn,
             )
         elif targets:
             step_with_global_gradient(net, targets, lr=settings.lr_net)

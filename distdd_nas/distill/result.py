@@ -22,9 +22,12 @@ class DistilledSet:
 
     @property
     def ipc(self) -> int:
+        """Images per class (labels are class-balanced by construction)."""
         return int(len(self.labels) // max(self.num_classes, 1))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for ``synthetic.npz``: images float32, labels int64, num_classes int64
+        (0-d); the inverse of :meth:`from_arrays`."""
         return {
             "images": self.images.detach().cpu().numpy().astype(np.float32),
             "labels": self.labels.cpu().numpy().astype(np.int64),
@@ -49,7 +52,13 @@ class DistilledSet:
                 f"synthetic labels must be int64 of length {len(images)}, got "
                 f"{labels.dtype} {labels.shape}; {fix}"
             )
-        num_classes = int(np.asarray(arrays["num_classes"]).reshape(-1)[0])
+        raw = np.asarray(arrays["num_classes"])
+        if raw.size != 1 or raw.dtype.kind not in "iu" or int(raw.reshape(-1)[0]) < 1:
+            raise ArtifactError(
+                f"synthetic set's num_classes must be one positive integer, got "
+                f"{raw.dtype} {raw.shape}; {fix}"
+            )
+        num_classes = int(raw.reshape(-1)[0])
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ArtifactError(f"synthetic labels fall outside 0..{num_classes - 1}; {fix}")
         if not np.isfinite(images).all():

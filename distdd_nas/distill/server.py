@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -208,6 +209,32 @@ def match_loss(
     return loss
 
 
+GradFn = Callable[[Sequence[torch.Tensor], torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+
+
+def make_grad_fn(template: nn.Module, *, compiled: bool) -> GradFn | None:
+    """A compiled ``(params, x, y) → ∇ mean CE`` for networks shaped like ``template``.
+
+    torch.compile fuses the memory-bound norm/activation/pooling passes that dominate DC's inner
+    loop on a CPU (about 2× faster per step for ConvNet-32 on Fashion-MNIST, measured in
+    bench/distill_step.py), at a one-off compile cost of tens of seconds per process (less with
+    a warm inductor cache). The parameters are inputs, so one compilation serves every freshly
+    initialised network of a run. Returns None (use eager PyTorch) when ``compiled`` is false or
+    the network has buffers (BatchNorm running statistics would be updated on the template).
+    """
+    if not compiled or any(True for _ in template.buffers()):
+        return None
+    names = [n for n, p in template.named_parameters() if p.requires_grad]
+
+    def grads(
+        params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> Sequence[torch.Tensor]:
+        logits = torch.func.functional_call(template, dict(zip(names, params, strict=True)), (x,))
+        return torch.autograd.grad(F.cross_entropy(logits, y), params)
+
+    return cast(GradFn, torch.compile(grads))
+
+
 def train_net_on_synthetic(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -217,17 +244,26 @@ def train_net_on_synthetic(
     steps: int,
     batch_size: int,
     generator: torch.Generator,
+    grad_fn: GradFn | None = None,
 ) -> None:
-    """DC's inner loop: ``steps`` epochs of SGD on the (detached) synthetic set, shuffled."""
+    """DC's inner loop: ``steps`` epochs of SGD on the (detached) synthetic set, shuffled.
+
+    ``grad_fn`` (from :func:`make_grad_fn`) computes the batch gradients instead of eager
+    autograd; the optimizer step is the same.
+    """
     x, y = images.detach(), labels
     n = len(y)
+    params = [p for p in net.parameters() if p.requires_grad]
     for _ in range(steps):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if grad_fn is None:
+                F.cross_entropy(net(x[idx]), y[idx]).backward()
+            else:
+                for p, g in zip(params, grad_fn(params, x[idx], y[idx]), strict=True):
+                    p.grad = g
             optimizer.step()
 
 

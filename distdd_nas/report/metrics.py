@@ -252,6 +252,7 @@ def communication_cost(
     distill_s: float = 0.0,
     validation_ledger: pd.DataFrame | None = None,
     search_ledger: pd.DataFrame | None = None,
+    validated_rounds: int | None = None,
 ) -> CostComparison:
     """Measured DistDD cost versus FedAvg-per-candidate cost of every searched candidate.
 
@@ -261,7 +262,7 @@ def communication_cost(
             and time count; the FedAvg side counts each distinct finished candidate once.
         validation: One row per validated candidate: ``candidate_id``, ``num_parameters``,
             ``bytes_up``, ``bytes_down``, ``wall_s`` of its real FedAvg run.
-        rounds: FedAvg rounds per candidate (the study's ``fedavg.rounds``).
+        rounds: FedAvg rounds of a full training of one candidate (``fedavg.rounds``).
         clients_per_round: Clients selected per round (``max(1, round(fraction · clients))``).
         num_clients: Clients of the federation (per-client figures).
         distill_bytes: Distillation traffic, if no ``distill_ledger`` is given.
@@ -270,6 +271,8 @@ def communication_cost(
         validation_ledger: Concatenated validation ledgers with a ``candidate_id`` column
             (bytes per parameter from actual messages; optional).
         search_ledger: The search engine's ledger frame (up/down split; optional).
+        validated_rounds: Rounds the validation runs used when they differ from ``rounds``
+            (``validate.rounds``); their measured bytes and seconds are scaled to ``rounds``.
 
     Raises:
         ConfigError: Nothing validated, or neither distill_bytes nor distill_ledger given.
@@ -279,19 +282,22 @@ def communication_cost(
                           "validate.top_k >= 1")
     if distill_bytes is None and distill_ledger is None:
         raise ConfigError("pass distill_bytes or distill_ledger to communication_cost")
+    ran = validated_rounds or rounds
+    scale = rounds / ran
     measured = validation.drop_duplicates("candidate_id").set_index("candidate_id")
-    b = bytes_per_parameter(validation.drop_duplicates("candidate_id"), rounds=rounds,
+    b = bytes_per_parameter(validation.drop_duplicates("candidate_id"), rounds=ran,
                             clients_per_round=clients_per_round, ledger=validation_ledger)
     d_val = measured["num_parameters"].astype(float)
-    s_per = float(measured["wall_s"].sum()) / float(d_val.sum() * rounds * clients_per_round)
+    s_per = float(measured["wall_s"].sum()) / float(d_val.sum() * ran * clients_per_round)
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     candidates = finished.drop_duplicates("candidate_id")
     fed_bytes, fed_s = 0.0, 0.0
     for _, row in candidates.iterrows():
         cid = row["candidate_id"]
         if cid in measured.index:
-            fed_bytes += float(measured.at[cid, "bytes_up"] + measured.at[cid, "bytes_down"])
-            fed_s += float(measured.at[cid, "wall_s"])
+            fed_bytes += scale * float(measured.at[cid, "bytes_up"]
+                                       + measured.at[cid, "bytes_down"])
+            fed_s += scale * float(measured.at[cid, "wall_s"])
             continue
         d = float(row.get("num_parameters", 0) or 0) or float(d_val.mean())
         fed_bytes += b * d * rounds * clients_per_round * 2

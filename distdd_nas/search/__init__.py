@@ -1,57 +1,48 @@
 """Search on the distilled set: spaces, candidates, the proxy objective, backends, ranking.
 
-The NNI backend lives in :mod:`distdd_nas.search.nni_backend` and is imported only when used
-(``nni`` is an optional extra).
+Names are exported lazily (PEP 562), so importing one light submodule — NNI's dispatcher
+imports :mod:`distdd_nas.search.nni_tuner` — does not pay for torch, Optuna and pandas. The NNI
+backend lives in :mod:`distdd_nas.search.nni_backend` (``nni`` is an optional extra).
 """
 
-from distdd_nas.search.backends import (
-    BACKENDS,
-    TRIAL_COLUMNS,
-    Objective,
-    ObjectiveRecipe,
-    Pruned,
-    Reporter,
-    SearchBackend,
-    create_backend,
-)
-from distdd_nas.search.candidate import Candidate, CandidateFactory, params_from_row
-from distdd_nas.search.objective import (
-    ProxyObjective,
-    ProxyScorer,
-    load_proxy_objective,
-    save_proxy_inputs,
-    server_holdout,
-    split_server_holdout,
-)
-from distdd_nas.search.optuna_backend import OptunaBackend
-from distdd_nas.search.ranking import rank_trials, select_for_validation
-from distdd_nas.search.simulate import simulated_fedavg, virtual_clients, virtual_counts
-from distdd_nas.search.space import Param, SearchSpace
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "TRIAL_COLUMNS",
-    "Candidate",
-    "CandidateFactory",
-    "Objective",
-    "ObjectiveRecipe",
-    "OptunaBackend",
-    "Param",
-    "ProxyObjective",
-    "ProxyScorer",
-    "Pruned",
-    "Reporter",
-    "SearchBackend",
-    "SearchSpace",
-    "create_backend",
-    "load_proxy_objective",
-    "params_from_row",
-    "rank_trials",
-    "save_proxy_inputs",
-    "select_for_validation",
-    "server_holdout",
-    "simulated_fedavg",
-    "split_server_holdout",
-    "virtual_clients",
-    "virtual_counts",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKENDS": "backends",
+    "TRIAL_COLUMNS": "backends",
+    "Objective": "backends",
+    "ObjectiveRecipe": "backends",
+    "Pruned": "backends",
+    "Reporter": "backends",
+    "SearchBackend": "backends",
+    "create_backend": "backends",
+    "Candidate": "candidate",
+    "CandidateFactory": "candidate",
+    "params_from_row": "candidate",
+    "ProxyObjective": "objective",
+    "ProxyScorer": "objective",
+    "load_proxy_objective": "objective",
+    "save_proxy_inputs": "objective",
+    "server_holdout": "objective",
+    "split_server_holdout": "objective",
+    "OptunaBackend": "optuna_backend",
+    "rank_trials": "ranking",
+    "select_for_validation": "ranking",
+    "simulated_fedavg": "simulate",
+    "virtual_clients": "simulate",
+    "virtual_counts": "simulate",
+    "Param": "space",
+    "SearchSpace": "space",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

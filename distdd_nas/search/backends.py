@@ -151,6 +151,7 @@ def create_backend(
     workdir: str | Path,
     reference: Mapping[str, Any] | None = None,
     trial_timeout_s: float | None = None,
+    concurrency: int = 1,
 ) -> SearchBackend:
     """The search backend ``name`` (``optuna`` or ``nni``) for one study.
 
@@ -168,6 +169,8 @@ def create_backend(
         workdir: The search directory of the run (NNI experiment directory lives under it).
         reference: The reference candidate as searched-parameter values, enqueued first.
         trial_timeout_s: NNI only: maximum duration of one trial.
+        concurrency: NNI only: trials run at once (1 keeps a seeded tuner reproducible; more
+            overlaps the trial processes' start-up, a few seconds each).
 
     Raises:
         ConfigError: Unknown backend, sampler or pruner for that backend, or bad storage URL.
@@ -185,7 +188,7 @@ def create_backend(
 
     return NniBackend(space=space, workdir=workdir / "nni", tuner=sampler, pruner=pruner,
                       seed=seed, study_name=study_name, reference=reference,
-                      trial_timeout_s=trial_timeout_s)
+                      trial_timeout_s=trial_timeout_s, concurrency=concurrency)
 
 
 __all__ = [

@@ -16,9 +16,11 @@ How a search runs (all state under ``workdir``, normally ``runs/<study>/search/n
 4. If infeasible candidates failed, it starts another experiment for the remainder (at most
    ``max_experiments`` in all).
 
-NNI keeps one registry line per experiment in ``~/nni-experiments/.experiment`` (not
-configurable in NNI 3.0); everything else stays in ``workdir``. Objectives must be
-:class:`~distdd_nas.search.backends.ObjectiveRecipe` s: trials are separate processes.
+NNI 3.0 registers every experiment in ``~/nni-experiments/.experiment`` (not configurable);
+the backend removes its entry after stopping the experiment unless ``keep_registry=True`` (to
+browse it later with ``nnictl view``), so nothing of a search stays outside ``workdir``.
+Objectives must be :class:`~distdd_nas.search.backends.ObjectiveRecipe` s: trials are separate
+processes.
 """
 
 from __future__ import annotations
@@ -94,7 +96,26 @@ def _require_nni() -> None:
 
 
 class NniBackend:
-    """Runs a search as NNI experiments (see the module docstring)."""
+    """Runs a search as NNI experiments (see the module docstring).
+
+    Args:
+        space: What to search (converted with :meth:`SearchSpace.to_nni`).
+        workdir: The backend's directory (results, specs, NNI experiment directories).
+        tuner: ``tpe``, ``random``, ``grid`` or ``evolution`` (NNI built-ins).
+        pruner: ``median`` (NNI's Medianstop assessor on the intermediate values) or ``none``.
+        seed: Study seed (TPE and Random tuners are seeded from it; Evolution is not seedable).
+        study_name: The experiments' name.
+        reference: The reference candidate (searched-parameter values), proposed first once.
+        trial_timeout_s: NNI's ``max_trial_duration``.
+        max_experiments: Experiments started per :meth:`optimize` call to replace failed trials.
+        poll_s: Seconds between status polls.
+        concurrency: Trials at once (see :func:`~distdd_nas.search.backends.create_backend`).
+        keep_registry: Keep the experiments in NNI's home-directory registry.
+
+    Raises:
+        ConfigError: Unknown tuner or pruner, or concurrency < 1.
+        MissingDependencyError: ``nni`` is not installed.
+    """
 
     name = "nni"
 
@@ -111,6 +132,8 @@ class NniBackend:
         trial_timeout_s: float | None = None,
         max_experiments: int = 3,
         poll_s: float = 0.5,
+        concurrency: int = 1,
+        keep_registry: bool = False,
     ) -> None:
         if tuner not in TUNERS:
             raise ConfigError(f"sampler {tuner!r} is not available with the NNI backend; choose "
@@ -132,6 +155,10 @@ class NniBackend:
         self.trial_timeout_s = trial_timeout_s
         self.max_experiments = max_experiments
         self.poll_s = poll_s
+        if concurrency < 1:
+            raise ConfigError(f"concurrency={concurrency} is out of range; use an integer >= 1")
+        self.concurrency = concurrency
+        self.keep_registry = keep_registry
         self.results = self.workdir / "results"
 
     # -- records --------------------------------------------------------------------------------
@@ -225,7 +252,7 @@ class NniBackend:
         c.trial_command = (f"{shlex.quote(sys.executable)} -m distdd_nas.search.nni_trial "
                            f"--spec {shlex.quote(str(spec))}")
         c.trial_code_directory = str(self.workdir)
-        c.trial_concurrency = 1
+        c.trial_concurrency = min(self.concurrency, remaining)
         c.max_trial_number = remaining
         if self.trial_timeout_s is not None:
             c.max_trial_duration = f"{max(1, math.ceil(self.trial_timeout_s))}s"
@@ -295,9 +322,25 @@ class NniBackend:
                 log.warning("stopping NNI experiment %s failed: %s", exp.id, err)
             if pid is not None:
                 kill_tree(pid)
+            self._forget(exp.id)
             self._settle(states)
         if callback is not None:
             self._notify(callback, seen)
+
+    def _forget(self, experiment_id: str) -> None:
+        """Drop the experiment from NNI's registry in ``~/nni-experiments/.experiment``.
+
+        Its files stay in ``workdir/experiments/<id>`` and the search resumes from the result
+        records, so the home-directory registry would only collect stale entries.
+        """
+        if not self.keep_registry:
+            from nni.tools.nnictl.config_utils import Experiments
+
+            try:
+                Experiments().remove_experiment(experiment_id)
+            except Exception as err:  # a registry problem must not fail a finished search
+                log.warning("could not drop experiment %s from NNI's registry: %s",
+                            experiment_id, err)
 
     def _notify(self, callback: TrialCallback, seen: set[str]) -> set[str]:
         for record in self._finished():

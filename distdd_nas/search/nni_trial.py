@@ -63,6 +63,7 @@ def run_trial(spec: Mapping[str, Any]) -> int:
 
     try:
         objective = ObjectiveRecipe.from_dict(spec["objective"]).build()
+        start = time.perf_counter()  # duration_s is the evaluation, as with Optuna
         value, attrs = objective({**spec.get("fixed", {}), **params}, report)
     except DistddError as err:
         record.update(state="FAIL", fail_reason=str(err)[:500],

@@ -8,7 +8,9 @@ Storage URLs:
   local worker processes on one study, no database;
 * any SQLAlchemy URL, e.g. ``postgresql+psycopg2://user@127.0.0.1:5432/db`` — many machines.
 
-Every URL also opens in ``optuna-dashboard`` (journal files as the plain path).
+Every URL also opens in ``optuna-dashboard`` (journal files as the plain path). Optuna's own
+functions do not know the ``journal://`` scheme: pass ``make_storage(url)`` to them, e.g.
+``optuna.get_all_study_names(make_storage(url))``.
 
 Guarantees, for one worker or several on the same study:
 
@@ -18,11 +20,15 @@ Guarantees, for one worker or several on the same study:
 * an interrupted trial is never lost: ``KeyboardInterrupt``/``SystemExit`` inside the objective
   marks it FAIL (``interrupted``) and enqueues its parameters again before re-raising; a trial
   left RUNNING by a worker process that died (``kill -9``) on this host is marked FAIL and
-  re-enqueued when the next worker starts. Completed trials are never evaluated again;
+  re-enqueued when the next worker starts (so is a trial whose process died between asking for
+  it and recording its worker). Completed trials are never evaluated again;
 * the reference candidate is enqueued once, as the first trial of a new study;
+* a candidate proposed again (samplers do that, above all on categorical spaces) is not trained
+  again: the trial copies the score of its COMPLETE twin (user attribute ``duplicate_of``) at no
+  cost, since the proxy is deterministic per candidate;
 * samplers are seeded from the study seed, so a fresh study with the same seed proposes the same
-  candidates (a resumed study restarts its sampler's random stream, which changes later
-  proposals but never the trials already stored).
+  candidates; a resumed study seeds its sampler from the seed and the number of stored trials,
+  so it does not replay the stream that proposed its first trials.
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 #: Infeasible candidates are recorded as FAIL; after this many in a row the search stops.
 MAX_CONSECUTIVE_FAILURES = 20
+#: A RUNNING trial still without a worker after this long was orphaned by a dead process.
+ORPHAN_GRACE_S = 1.0
+#: Attempts to open an RDB storage (concurrent workers race to create its tables).
+STORAGE_ATTEMPTS = 5
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -80,32 +90,55 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(backend)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except ImportError as err:
-        raise MissingDependencyError(f"storage {url!r} needs a database driver ({err}); install "
-                                     "it, e.g. pip install -e '.[postgres]'") from None
-    except Exception as err:  # SQLAlchemy raises many kinds (ArgumentError, OperationalError…)
-        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise ConfigError(f"cannot open search storage {url!r} ({type(err).__name__}: {first}); "
-                          "check search.storage (sqlite:///…, journal:///…, postgresql://…)"
-                          ) from None
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except ImportError as err:
+            raise MissingDependencyError(f"storage {url!r} needs a database driver ({err}); "
+                                         "install it, e.g. pip install -e '.[postgres]'") from None
+        except Exception as err:  # SQLAlchemy raises many kinds (ArgumentError, IntegrityError…)
+            # Workers that start together race to create the schema; the losers retry.
+            if type(err).__name__ in ("IntegrityError", "OperationalError", "ProgrammingError") \
+                    and attempt + 1 < STORAGE_ATTEMPTS:
+                log.info("opening %s failed (%s); retrying", url, type(err).__name__)
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise ConfigError(f"cannot open search storage {url!r} ({type(err).__name__}: "
+                              f"{first}); check search.storage (sqlite:///…, journal:///…, "
+                              "postgresql://…)") from None
+    raise AssertionError("unreachable")
 
 
-def make_sampler(name: str, *, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without ``study.stop()`` (which only works inside
+    ``Study.optimize``); the ask/tell loop stops at the grid size itself."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        """Nothing to do: the backend caps the number of trials at the grid size."""
+
+
+def make_sampler(
+    name: str, *, seed: int, space: SearchSpace, resumed_at: int = 0
+) -> optuna.samplers.BaseSampler:
     """Sampler by name, seeded from the study seed.
+
+    ``resumed_at`` (the number of trials already stored) enters the seed, so a resumed study
+    does not replay the random stream that proposed its first trials (which would propose the
+    same candidates again); a fresh study (0 trials) is reproducible from the seed alone.
 
     Raises:
         ConfigError: Unknown name, or ``grid`` over a space with a continuous float.
         MissingDependencyError: ``cmaes`` without the ``cmaes`` package.
     """
-    s = derive_seed(seed, "sampler") % 2**32
+    s = derive_seed(seed, "sampler", resumed_at) % 2**32
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=s, n_startup_trials=5)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=s)
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=s)
+        return AskTellGridSampler(space.grid(), seed=s)
     if name == "cmaes":
         try:
             import cmaes  # noqa: F401
@@ -184,6 +217,9 @@ class OptunaBackend:
             sampler=make_sampler(sampler, seed=seed, space=space), pruner=make_pruner(pruner),
             load_if_exists=True,
         )
+        if self.study.trials:  # resumed: a fresh random stream (see make_sampler)
+            self.study.sampler = make_sampler(sampler, seed=seed, space=space,
+                                              resumed_at=len(self.study.trials))
         self._recover_dead_trials()
         point = space.point(reference) if reference else None
         if reference and point is None:
@@ -195,16 +231,34 @@ class OptunaBackend:
     # -- recovery -------------------------------------------------------------------------------
 
     def _recover_dead_trials(self) -> None:
-        """Fail RUNNING trials of dead workers on this host and enqueue their params again."""
+        """Fail RUNNING trials of dead workers and enqueue their parameters again.
+
+        A trial's worker (``host:pid``) is stored right after ``ask``; it is dead when it is on
+        this host and its process is gone. A RUNNING trial with no worker at all was orphaned
+        between ``ask`` and that write (a live worker fills it in milliseconds): it is dead if
+        it still has none after :data:`ORPHAN_GRACE_S` seconds.
+        """
         host = socket.gethostname()
+        orphans = []
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = str(trial.user_attrs.get("worker", ""))
+            if not worker:
+                orphans.append(trial.number)
+                continue
             worker_host, _, pid = worker.rpartition(":")
             if worker_host != host or not pid.isdigit() or _pid_alive(int(pid)):
                 continue
             log.warning("trial %d was left RUNNING by dead worker %s; re-queueing it",
                         trial.number, worker)
             self._fail_and_requeue(trial, reason="worker died")
+        if not orphans:
+            return
+        time.sleep(ORPHAN_GRACE_S)
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number in orphans and not trial.user_attrs.get("worker"):
+                log.warning("trial %d has no worker; its process died after asking for it; "
+                            "re-queueing it", trial.number)
+                self._fail_and_requeue(trial, reason="worker died")
 
     def _fail_and_requeue(self, trial: FrozenTrial, *, reason: str) -> None:
         self.study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
@@ -269,8 +323,27 @@ class OptunaBackend:
                 callback(self._row(self.study._storage.get_trial(trial._trial_id)))
         return self.trials_frame()
 
+    def _completed_twin(self, trial: optuna.Trial) -> FrozenTrial | None:
+        """An earlier COMPLETE trial with the same parameters (samplers re-propose points)."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.params == trial.params and t.number != trial.number:
+                return t
+        return None
+
     def _run_trial(self, fn: Objective, trial: optuna.Trial) -> TrialState:
         params = {**self.space.fixed, **trial.params}
+        twin = self._completed_twin(trial)
+        if twin is not None and twin.value is not None:
+            # The proxy is deterministic per candidate: reuse the score, never re-evaluate.
+            for key, attr in twin.user_attrs.items():
+                if key not in ("worker", "reference", "retry_of"):
+                    trial.set_user_attr(key, attr)
+            trial.set_user_attr("duration_s", 0.0)
+            trial.set_user_attr("bytes_down", 0)
+            trial.set_user_attr("bytes_up", 0)
+            trial.set_user_attr("duplicate_of", twin.number)
+            self.study.tell(trial, twin.value)
+            return TrialState.COMPLETE
         start = time.perf_counter()
 
         def report(step: int, value: float) -> None:
@@ -329,6 +402,7 @@ class OptunaBackend:
             "model": str(a.get("model", "")),
             "fail_reason": str(a.get("fail_reason", "")),
             "surplus": bool(a.get("surplus", False)),
+            "duplicate_of": int(a.get("duplicate_of", -1)),
         }
 
     def trials_frame(self) -> pd.DataFrame:

@@ -35,9 +35,15 @@ def digits() -> DatasetSplits:
 
 def make_clients(train: ImageDataset, parts: Sequence[np.ndarray]) -> list[ClientData]:
     """Client views holding the given index arrays of ``train``."""
-    return [ClientData(cid=i, dataset=train, train_indices=np.sort(np.asarray(p)),
-                       holdout_indices=np.zeros(0, dtype=np.int64))
-            for i, p in enumerate(parts)]
+    return [
+        ClientData(
+            cid=i,
+            dataset=train,
+            train_indices=np.sort(np.asarray(p)),
+            holdout_indices=np.zeros(0, dtype=np.int64),
+        )
+        for i, p in enumerate(parts)
+    ]
 
 
 def iid_parts(n: int, k: int, *, seed: int = 0) -> list[np.ndarray]:
@@ -51,9 +57,15 @@ def label_skew_parts(labels: np.ndarray, k: int) -> list[np.ndarray]:
     return [np.flatnonzero(labels % k == i) for i in range(k)]
 
 
-def make_engine(train: ImageDataset, parts: Sequence[np.ndarray],
-                tasks: dict[str, ClientTask] | None = None, **kwargs: object) -> InProcessEngine:
+def make_engine(
+    train: ImageDataset,
+    parts: Sequence[np.ndarray],
+    tasks: dict[str, ClientTask] | None = None,
+    **kwargs: object,
+) -> InProcessEngine:
     """An in-process engine over the given parts with the default client tasks."""
-    return InProcessEngine(clients=make_clients(train, parts),
-                           tasks=tasks if tasks is not None else default_tasks(),
-                           **kwargs)  # type: ignore[arg-type]
+    return InProcessEngine(
+        clients=make_clients(train, parts),
+        tasks=tasks if tasks is not None else default_tasks(),
+        **kwargs,
+    )  # type: ignore[arg-type]

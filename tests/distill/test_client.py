@@ -34,14 +34,14 @@ ARCHS = [
 ]
 
 
-def reference_rows(net: torch.nn.Module, x: torch.Tensor,
-                   segments: list[Segment]) -> torch.Tensor:
+def reference_rows(net: torch.nn.Module, x: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
     """One plain forward/backward per class, as DC computes real-data gradients."""
     rows = []
     for s in segments:
         y = torch.full((s.stop - s.start,), s.label)
-        g = torch.autograd.grad(F.cross_entropy(net(x[s.start : s.stop]), y),
-                                list(net.parameters()))
+        g = torch.autograd.grad(
+            F.cross_entropy(net(x[s.start : s.stop]), y), list(net.parameters())
+        )
         rows.append(torch.cat([t.reshape(-1) for t in g]))
     return torch.stack(rows)
 
@@ -49,7 +49,9 @@ def reference_rows(net: torch.nn.Module, x: torch.Tensor,
 @pytest.mark.parametrize("path", ["fused", "micro", "plain"])
 @pytest.mark.parametrize(("arch", "shape"), ARCHS, ids=[a.short_name() for a, _ in ARCHS])
 def test_per_class_gradients_equal_one_backward_per_class(
-    arch: ArchSpec, shape: tuple[int, int, int], path: GradientPath,
+    arch: ArchSpec,
+    shape: tuple[int, int, int],
+    path: GradientPath,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import distdd_nas.distill.client as client_module
@@ -66,8 +68,9 @@ def test_per_class_gradients_equal_one_backward_per_class(
 
 
 def test_batchnorm_in_eval_mode_counts_as_sample_independent() -> None:
-    net = build_model(ArchSpec(depth=2, width=8, norm="batch"), input_shape=(1, 8, 8),
-                      num_classes=10, seed=0)
+    net = build_model(
+        ArchSpec(depth=2, width=8, norm="batch"), input_shape=(1, 8, 8), num_classes=10, seed=0
+    )
     assert not is_sample_independent(net)
     net.eval()
     assert is_sample_independent(net)
@@ -85,14 +88,17 @@ def test_class_stats_counts_and_moments(digits: DatasetSplits) -> None:
     x = train.images[torch.as_tensor(part)].reshape(len(part), -1).double().numpy()
     for c in range(10):
         np.testing.assert_allclose(full.arrays["sum"][c], x[labels == c].sum(0), rtol=1e-10)
-        np.testing.assert_allclose(full.arrays["sumsq"][c], (x[labels == c] ** 2).sum(0),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            full.arrays["sumsq"][c], (x[labels == c] ** 2).sum(0), rtol=1e-10
+        )
 
 
 def _request(arch: ArchSpec, take: np.ndarray, seed: int = 7) -> Message:
     net = build_model(arch, input_shape=(1, 8, 8), num_classes=10, seed=1)
-    return Message(arrays={**get_parameters(net), "take": take.astype(np.int64)},
-                   config={"arch": json.dumps(arch.to_dict()), "seed": seed})
+    return Message(
+        arrays={**get_parameters(net), "take": take.astype(np.int64)},
+        config={"arch": json.dumps(arch.to_dict()), "seed": seed},
+    )
 
 
 def test_class_gradients_sends_only_held_classes_with_counts(digits: DatasetSplits) -> None:
@@ -105,8 +111,9 @@ def test_class_gradients_sends_only_held_classes_with_counts(digits: DatasetSpli
     counts = reply.arrays["counts"]
     np.testing.assert_array_equal(np.flatnonzero(counts), [2, 5])
     assert counts[2] == counts[5] == 20 and counts.dtype == np.int64
-    dim = sum(p.numel() for p in build_model(TINY, input_shape=(1, 8, 8),
-                                             num_classes=10).parameters())
+    dim = sum(
+        p.numel() for p in build_model(TINY, input_shape=(1, 8, 8), num_classes=10).parameters()
+    )
     assert reply.arrays["grads"].shape == (2, dim) and reply.arrays["grads"].dtype == np.float32
 
 
@@ -141,5 +148,4 @@ def test_client_without_requested_classes_sends_an_empty_matrix(digits: DatasetS
 def test_unknown_gradient_path_is_a_config_error() -> None:
     net = build_model(TINY, input_shape=(1, 8, 8), num_classes=10, seed=0)
     with pytest.raises(ConfigError, match="unknown gradient path 'fast'"):
-        per_class_gradients(net, torch.zeros(2, 1, 8, 8), [Segment(0, 0, 2)],
-                            path="fast")  # type: ignore[arg-type]
+        per_class_gradients(net, torch.zeros(2, 1, 8, 8), [Segment(0, 0, 2)], path="fast")  # type: ignore[arg-type]

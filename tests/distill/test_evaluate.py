@@ -42,8 +42,20 @@ def test_real_subset_beats_noise_and_evaluation_is_reproducible(digits: DatasetS
 def test_mismatched_inputs_are_config_errors(digits: DatasetSplits) -> None:
     test = digits.test
     with pytest.raises(ConfigError, match="as many labels as images"):
-        evaluate_synthetic(torch.zeros(4, 1, 8, 8), torch.zeros(3, dtype=torch.long), arch=TINY,
-                           test=test, settings=QUICK, seed=0)
+        evaluate_synthetic(
+            torch.zeros(4, 1, 8, 8),
+            torch.zeros(3, dtype=torch.long),
+            arch=TINY,
+            test=test,
+            settings=QUICK,
+            seed=0,
+        )
     with pytest.raises(ConfigError, match="do not fit the test set"):
-        evaluate_synthetic(torch.zeros(4, 1, 9, 9), torch.zeros(4, dtype=torch.long), arch=TINY,
-                           test=test, settings=QUICK, seed=0)
+        evaluate_synthetic(
+            torch.zeros(4, 1, 9, 9),
+            torch.zeros(4, dtype=torch.long),
+            arch=TINY,
+            test=test,
+            settings=QUICK,
+            seed=0,
+        )

@@ -23,14 +23,29 @@ from tests.distill.conftest import TINY, iid_parts, label_skew_parts, make_engin
 SMALL = DistillSection(ipc=2, iterations=2, outer_loop=3, inner_loop=2, batch_real=16)
 
 
-def distill(engine: Engine, train: ImageDataset, settings: DistillSection = SMALL, *,
-            seed: int = 0, arch: ArchSpec = TINY, **kwargs: object) -> DistillResult:
-    return run_distill(engine, arch=arch, input_shape=train.input_shape, num_classes=10,
-                       settings=settings, seed=seed, **kwargs)  # type: ignore[arg-type]
+def distill(
+    engine: Engine,
+    train: ImageDataset,
+    settings: DistillSection = SMALL,
+    *,
+    seed: int = 0,
+    arch: ArchSpec = TINY,
+    **kwargs: object,
+) -> DistillResult:
+    return run_distill(
+        engine,
+        arch=arch,
+        input_shape=train.input_shape,
+        num_classes=10,
+        settings=settings,
+        seed=seed,
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
-def reference_dc(train: ImageDataset, *, settings: DistillSection, seed: int,
-                 arch: ArchSpec) -> torch.Tensor:
+def reference_dc(
+    train: ImageDataset, *, settings: DistillSection, seed: int, arch: ArchSpec
+) -> torch.Tensor:
     """Centralized DC (Zhao et al. 2021, Algorithm 1) written out independently: full-class
     real batches, DC's distance_wb, the same seed streams as distdd_nas.seeding documents."""
     ipc, classes = settings.ipc, 10
@@ -43,13 +58,19 @@ def reference_dc(train: ImageDataset, *, settings: DistillSection, seed: int,
         if gs.dim() == 1:
             return torch.zeros(())
         a, b = gs.reshape(gs.shape[0], -1), gr.reshape(gr.shape[0], -1)
-        return torch.sum(1 - torch.sum(a * b, dim=-1)
-                         / (torch.norm(a, dim=-1) * torch.norm(b, dim=-1) + 0.000001))
+        return torch.sum(
+            1
+            - torch.sum(a * b, dim=-1) / (torch.norm(a, dim=-1) * torch.norm(b, dim=-1) + 0.000001)
+        )
 
     assert settings.outer_loop is not None and settings.inner_loop is not None
     for it in range(settings.iterations):
-        net = build_model(arch, input_shape=train.input_shape, num_classes=classes,
-                          seed=derive_seed(seed, "distill", "net", it))
+        net = build_model(
+            arch,
+            input_shape=train.input_shape,
+            num_classes=classes,
+            seed=derive_seed(seed, "distill", "net", it),
+        )
         net.train()
         params = list(net.parameters())
         opt_net = torch.optim.SGD(params, lr=settings.lr_net)
@@ -59,12 +80,15 @@ def reference_dc(train: ImageDataset, *, settings: DistillSection, seed: int,
             for c in range(classes):
                 real = train.images[train.labels == c]
                 g_real = torch.autograd.grad(
-                    F.cross_entropy(net(real), torch.full((len(real),), c)), params)
+                    F.cross_entropy(net(real), torch.full((len(real),), c)), params
+                )
                 g_real = tuple(g.detach().clone() for g in g_real)
                 syn = images[c * ipc : (c + 1) * ipc]
-                g_syn = torch.autograd.grad(F.cross_entropy(net(syn), labels[c * ipc: (c + 1)
-                                                                             * ipc]),
-                                            params, create_graph=True)
+                g_syn = torch.autograd.grad(
+                    F.cross_entropy(net(syn), labels[c * ipc : (c + 1) * ipc]),
+                    params,
+                    create_graph=True,
+                )
                 for gs, gr in zip(g_syn, g_real, strict=True):
                     loss = loss + distance_wb(gs, gr)
             opt_img.zero_grad()
@@ -91,8 +115,9 @@ def test_one_client_with_full_class_batches_equals_centralized_dc(digits: Datase
     result = distill(engine, train, settings)
     want = reference_dc(train, settings=settings, seed=0, arch=TINY)
     assert (result.synthetic.images - want).abs().max() <= 1e-5
-    assert not torch.equal(want, torch.randn(want.shape, generator=torch_generator(
-        0, "distill", "init")))  # the images did move
+    assert not torch.equal(
+        want, torch.randn(want.shape, generator=torch_generator(0, "distill", "init"))
+    )  # the images did move
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(digits: DatasetSplits) -> None:
@@ -102,8 +127,9 @@ def test_same_seed_same_bytes_and_other_seed_differs(digits: DatasetSplits) -> N
     a, b, c = (r.synthetic.to_arrays() for r in runs)
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
     assert a["images"].tobytes() != c["images"].tobytes()
-    pd.testing.assert_frame_equal(runs[0].history[["match_loss", "bytes_up"]],
-                                  runs[1].history[["match_loss", "bytes_up"]])
+    pd.testing.assert_frame_equal(
+        runs[0].history[["match_loss", "bytes_up"]], runs[1].history[["match_loss", "bytes_up"]]
+    )
 
 
 def test_result_shapes_history_and_census(digits: DatasetSplits) -> None:
@@ -158,17 +184,21 @@ def test_nan_client_is_excluded_and_the_result_stays_finite(digits: DatasetSplit
             return reply
         return Message(arrays={**reply.arrays, "grads": reply.arrays["grads"] * np.nan})
 
-    result = distill(make_engine(train, parts, {**default_tasks(), "class_gradients": poisoned}),
-                     train)
+    result = distill(
+        make_engine(train, parts, {**default_tasks(), "class_gradients": poisoned}), train
+    )
     assert torch.isfinite(result.synthetic.images).all()
     assert list(result.history["rejected"]) == [3, 3]
     assert np.isfinite(result.history["match_loss"]).all()
 
 
-@pytest.mark.parametrize("update", [
-    {"net_update": "global_grad", "init": "client_mean", "distance": "mse"},
-    {"batch_mode": "per_client", "aggregator": "trimmed_mean", "distance": "cosine"},
-])
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"net_update": "global_grad", "init": "client_mean", "distance": "mse"},
+        {"batch_mode": "per_client", "aggregator": "trimmed_mean", "distance": "cosine"},
+    ],
+)
 def test_options_run_and_stay_finite(digits: DatasetSplits, update: dict[str, str]) -> None:
     train = digits.train
     engine = make_engine(train, iid_parts(len(train), 3))
@@ -189,10 +219,12 @@ def test_client_fraction_selects_a_seeded_subset_per_step(digits: DatasetSplits)
 
 def test_accuracy_checkpoints_are_recorded(digits: DatasetSplits) -> None:
     train = digits.train
-    settings = SMALL.model_copy(update={"eval_every": 2, "iterations": 3,
-                                        "eval": EvalSection(num_models=1, epochs=2)})
-    result = distill(make_engine(train, iid_parts(len(train), 2)), train, settings,
-                     test=digits.test)
+    settings = SMALL.model_copy(
+        update={"eval_every": 2, "iterations": 3, "eval": EvalSection(num_models=1, epochs=2)}
+    )
+    result = distill(
+        make_engine(train, iid_parts(len(train), 2)), train, settings, test=digits.test
+    )
     acc = result.history["acc_mean"]
     assert acc.isna().tolist() == [True, False, False]
     assert ((acc.dropna() >= 0) & (acc.dropna() <= 1)).all()
@@ -203,3 +235,14 @@ def test_ipc_above_the_class_totals_is_a_config_error(digits: DatasetSplits) -> 
     engine = make_engine(train, [np.arange(40)])
     with pytest.raises(ConfigError, match=r"distill.ipc=30 exceeds the \d+ images of class"):
         distill(engine, train, SMALL.model_copy(update={"ipc": 30}))
+
+
+@pytest.mark.slow
+def test_compiled_inner_loop_agrees_with_eager(digits: DatasetSplits) -> None:
+    """torch.compile (tens of seconds on first use) changes float rounding only."""
+    train = digits.train
+    parts = iid_parts(len(train), 2)
+    eager = distill(make_engine(train, parts), train)
+    compiled = distill(make_engine(train, parts), train, compile=True)
+    diff = (eager.synthetic.images - compiled.synthetic.images).abs().max()
+    assert 0 <= float(diff) <= 1e-3

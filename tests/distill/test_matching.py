@@ -37,8 +37,9 @@ def slow_layerwise_cosine(syn: list[torch.Tensor], real: list[torch.Tensor]) -> 
 
 def test_layerwise_cosine_matches_row_by_row_reference() -> None:
     syn, real = _grads(0), _grads(1)
-    assert float(layerwise_cosine(syn, real)) == pytest.approx(slow_layerwise_cosine(syn, real),
-                                                               rel=1e-12)
+    assert float(layerwise_cosine(syn, real)) == pytest.approx(
+        slow_layerwise_cosine(syn, real), rel=1e-12
+    )
 
 
 def test_layerwise_cosine_ignores_one_dimensional_tensors() -> None:

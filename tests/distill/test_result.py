@@ -25,16 +25,22 @@ def test_round_trip_is_exact() -> None:
     assert back.num_classes == 3 and back.ipc == 2
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"images": np.zeros((6, 4, 4), dtype=np.float32)}, "float32 N×C×H×W"),
-    ({"images": np.zeros((6, 1, 4, 4), dtype=np.float64)}, "float32 N×C×H×W"),
-    ({"labels": np.zeros(5, dtype=np.int64)}, "int64 of length 6"),
-    ({"labels": np.zeros(6, dtype=np.int32)}, "int64 of length 6"),
-    ({"labels": np.full(6, 3, dtype=np.int64)}, "outside 0..2"),
-    ({"images": np.full((6, 1, 4, 4), np.nan, dtype=np.float32)}, "NaN/Inf"),
-])
-def test_malformed_arrays_raise_artifact_errors(change: dict[str, np.ndarray],
-                                                message: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"images": np.zeros((6, 4, 4), dtype=np.float32)}, "float32 N×C×H×W"),
+        ({"images": np.zeros((6, 1, 4, 4), dtype=np.float64)}, "float32 N×C×H×W"),
+        ({"labels": np.zeros(5, dtype=np.int64)}, "int64 of length 6"),
+        ({"labels": np.zeros(6, dtype=np.int32)}, "int64 of length 6"),
+        ({"labels": np.full(6, 3, dtype=np.int64)}, "outside 0..2"),
+        ({"images": np.full((6, 1, 4, 4), np.nan, dtype=np.float32)}, "NaN/Inf"),
+        ({"num_classes": np.zeros(0, dtype=np.int64)}, "one positive integer"),
+        ({"num_classes": np.asarray(3.0)}, "one positive integer"),
+    ],
+)
+def test_malformed_arrays_raise_artifact_errors(
+    change: dict[str, np.ndarray], message: str
+) -> None:
     arrays = {**_set().to_arrays(), **change}
     with pytest.raises(ArtifactError, match=message):
         DistilledSet.from_arrays(arrays)

@@ -49,15 +49,17 @@ def test_proportional_shares_sum_to_the_global_batch() -> None:
 
 def test_per_client_shares_cap_at_batch_real() -> None:
     counts = np.array([[100, 0, 3], [300, 10, 1]])
-    np.testing.assert_array_equal(batch_shares(counts, batch_real=64, mode="per_client"),
-                                  [[64, 0, 3], [64, 10, 1]])
+    np.testing.assert_array_equal(
+        batch_shares(counts, batch_real=64, mode="per_client"), [[64, 0, 3], [64, 10, 1]]
+    )
     with pytest.raises(ConfigError, match="unknown batch_mode 'all'"):
         batch_shares(counts, batch_real=64, mode="all")
 
 
 def _reply(counts: list[int], grads: np.ndarray) -> Message:
-    return Message(arrays={"counts": np.asarray(counts, dtype=np.int64),
-                           "grads": grads.astype(np.float32)})
+    return Message(
+        arrays={"counts": np.asarray(counts, dtype=np.int64), "grads": grads.astype(np.float32)}
+    )
 
 
 def test_aggregation_is_an_example_weighted_mean_per_class() -> None:
@@ -77,8 +79,11 @@ def test_aggregation_drops_non_finite_and_malformed_replies() -> None:
     replies = {0: _reply([1, 0], g), 1: _reply([0, 1], bad), 2: _reply([1, 1], g)}
     targets, rejected = aggregate_class_gradients(replies, dim=3)
     assert rejected == [1, 2] and sorted(targets) == [0]  # class 1 has no usable reply
-    med, _ = aggregate_class_gradients({0: _reply([1], g), 1: _reply([1], 3 * g),
-                                        2: _reply([9], 100 * g)}, dim=3, aggregator="median")
+    med, _ = aggregate_class_gradients(
+        {0: _reply([1], g), 1: _reply([1], 3 * g), 2: _reply([9], 100 * g)},
+        dim=3,
+        aggregator="median",
+    )
     np.testing.assert_allclose(med[0].numpy(), 3 * g[0])
 
 
@@ -88,27 +93,37 @@ def test_iid_full_batches_aggregate_to_the_centralized_gradient(digits: DatasetS
     engine = make_engine(train, parts)
     net = build_model(TINY, input_shape=train.input_shape, num_classes=10, seed=5)
     take = np.full(10, 10_000, dtype=np.int64)  # larger than any class: every image is used
-    msg = Message(arrays={**get_parameters(net), "take": take},
-                  config={"arch": json.dumps(TINY.to_dict()), "seed": 0})
+    msg = Message(
+        arrays={**get_parameters(net), "take": take},
+        config={"arch": json.dumps(TINY.to_dict()), "seed": 0},
+    )
     replies = engine.run_round("class_gradients", {c: msg for c in range(4)}, round=1)
     dim = sum(p.numel() for p in net.parameters())
     targets, _ = aggregate_class_gradients(replies, dim=dim)
     for c in range(10):
         x = train.images[train.labels == c]
-        g = torch.autograd.grad(F.cross_entropy(net(x), torch.full((len(x),), c)),
-                                list(net.parameters()))
-        torch.testing.assert_close(targets[c], torch.cat([t.reshape(-1) for t in g]),
-                                   rtol=1e-4, atol=1e-6)
+        g = torch.autograd.grad(
+            F.cross_entropy(net(x), torch.full((len(x),), c)), list(net.parameters())
+        )
+        torch.testing.assert_close(
+            targets[c], torch.cat([t.reshape(-1) for t in g]), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_client_mean_init_uses_the_pooled_class_moments() -> None:
     rng = np.random.default_rng(0)
     data = [rng.normal(size=(n, 4)) + c for n, c in ((30, 0), (50, 0), (20, 1))]
     stats = [
-        {"counts": np.array([30, 0]), "sum": np.stack([data[0].sum(0), np.zeros(4)]),
-         "sumsq": np.stack([(data[0] ** 2).sum(0), np.zeros(4)])},
-        {"counts": np.array([50, 20]), "sum": np.stack([data[1].sum(0), data[2].sum(0)]),
-         "sumsq": np.stack([(data[1] ** 2).sum(0), (data[2] ** 2).sum(0)])},
+        {
+            "counts": np.array([30, 0]),
+            "sum": np.stack([data[0].sum(0), np.zeros(4)]),
+            "sumsq": np.stack([(data[0] ** 2).sum(0), np.zeros(4)]),
+        },
+        {
+            "counts": np.array([50, 20]),
+            "sum": np.stack([data[1].sum(0), data[2].sum(0)]),
+            "sumsq": np.stack([(data[1] ** 2).sum(0), (data[2] ** 2).sum(0)]),
+        },
     ]
     gen = torch.Generator().manual_seed(0)
     images = init_client_mean(ipc=20_000, stats=stats, shape=(1, 2, 2), generator=gen)

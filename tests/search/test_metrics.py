@@ -43,7 +43,7 @@ def test_break_even_formula() -> None:
     assert cost.distdd_bytes == 1600 and cost.fedavg_nas_bytes == 1600
     assert cost.comm_ratio == pytest.approx(1.0)
     never = CostComparison(1, 100, 1, 5.0, 10, 1, 1, 1, 1)
-    assert never.break_even_candidates() == -1
+    assert never.break_even_candidates() is None  # never cheaper
 
 
 def test_ranking_and_selection_are_deterministic() -> None:

@@ -40,7 +40,9 @@ class Interrupting:
     def __init__(self, at: int | None, exc: type[BaseException] = KeyboardInterrupt) -> None:
         self.at, self.exc, self.calls = at, exc, []  # type: ignore[var-annotated]
 
-    def __call__(self, params: Mapping[str, Any], report: Reporter) -> tuple[float, dict[str, Any]]:
+    def __call__(
+        self, params: Mapping[str, Any], report: Reporter
+    ) -> tuple[float, dict[str, Any]]:
         self.calls.append(dict(params))
         if len(self.calls) == self.at:
             raise self.exc()
@@ -205,3 +207,15 @@ def test_factory_and_configuration_errors(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(MissingDependencyError, match="pip install cmaes"):
             make_sampler("cmaes", seed=0, space=space)
+
+
+def test_trial_orphaned_between_ask_and_worker_record_is_retried(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+    b.optimize(toy, n_trials=2)
+    orphan = b.study.ask(b.space.to_optuna())  # a process that died right after asking
+    table = backend(tmp_path).optimize(toy, n_trials=3)
+    row = table.set_index("number").loc[orphan.number]
+    assert row["state"] == "FAIL" and row["fail_reason"] == "worker died"
+    retried = table[table["params_train.lr"] == orphan.params["train.lr"]]
+    assert list(retried["state"]) == ["FAIL", "COMPLETE"]
+    assert (table["state"] == "COMPLETE").sum() == 3

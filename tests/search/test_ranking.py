@@ -29,7 +29,8 @@ def test_rank_trials_keeps_best_row_per_candidate_and_breaks_ties_by_number() ->
 
 
 def test_selection_is_top_k_plus_seeded_disjoint_controls() -> None:
-    ranking = pd.DataFrame({"proxy_rank": range(1, 21), "candidate_id": list("abcdefghijklmnopqrst"),
+    ranking = pd.DataFrame({"proxy_rank": range(1, 21),
+                            "candidate_id": list("abcdefghijklmnopqrst"),
                             "value": np.linspace(1, 0, 20)})
     sel = select_for_validation(ranking, top_k=3, n_random=4, seed=7)
     assert list(sel["selected_as"]) == ["top"] * 3 + ["control"] * 4

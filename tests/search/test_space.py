@@ -57,7 +57,7 @@ def test_optuna_and_nni_converters() -> None:
     assert nni["train.momentum"] == {"_type": "uniform", "_value": [0.0, 0.9]}
     assert nni["fedavg.server_lr"] == {"_type": "quniform", "_value": [0.5, 1.5, 0.5]}
     assert math.isinf(space.size)
-    with pytest.raises(SearchSpaceError, match="'train.lr' is a continuous float"):
+    with pytest.raises(SearchSpaceError, match=r"'train\.lr' is a continuous float"):
         space.grid()
 
 
