@@ -40,28 +40,43 @@ def main() -> None:
     from distdd_nas.federation.setup import build_federation
     from distdd_nas.pipeline import on_federation
 
-    print(f"{'clients':>7} {'algorithm':>9} {'in-process s/round':>19} {'flower s/round':>15} "
-          f"{'ratio':>6} {'flower start-up s':>18}")
+    print(
+        f"{'clients':>7} {'algorithm':>9} {'in-process s/round':>19} {'flower s/round':>15} "
+        f"{'ratio':>6} {'flower start-up s':>18}"
+    )
     for n in args.clients:
-        overrides = [f"data.name={args.dataset}", f"partition.num_clients={n}",
-                     "partition.min_size=2", "distill.ipc=1", "distill.iterations=1",
-                     f"distill.outer_loop={args.steps}", "distill.inner_loop=1",
-                     f"fedavg.rounds={args.rounds}", "fedavg.local_epochs=1",
-                     "model.width=16", "model.depth=2"]
+        overrides = [
+            f"data.name={args.dataset}",
+            f"partition.num_clients={n}",
+            "partition.min_size=2",
+            "distill.ipc=1",
+            "distill.iterations=1",
+            f"distill.outer_loop={args.steps}",
+            "distill.inner_loop=1",
+            f"fedavg.rounds={args.rounds}",
+            "fedavg.local_epochs=1",
+            "model.width=16",
+            "model.depth=2",
+        ]
         config = load_config(REPO / "studies" / "smoke.toml", overrides)
-        flower = load_config(REPO / "studies" / "smoke.toml",
-                             [*overrides, "federation.engine=flower"])
+        flower = load_config(
+            REPO / "studies" / "smoke.toml", [*overrides, "federation.engine=flower"]
+        )
         fed = build_federation(config)
         for algorithm, count in (("distill", args.steps + 1), ("fedavg", args.rounds)):
+            on_federation(config, fed, algorithm)  # warm-up: one-time imports and allocations
             start = time.perf_counter()
             on_federation(config, fed, algorithm)
             local = (time.perf_counter() - start) / count
             with tempfile.TemporaryDirectory() as tmp:
-                run = run_on_simulation(flower, server_fn=f"distdd_nas.pipeline:flower_{algorithm}",
-                                        out_dir=Path(tmp))
+                run = run_on_simulation(
+                    flower, server_fn=f"distdd_nas.pipeline:flower_{algorithm}", out_dir=Path(tmp)
+                )
             remote = run.timings["rounds"] / count
-            print(f"{n:>7} {algorithm:>9} {local:>19.3f} {remote:>15.3f} {remote / local:>6.1f} "
-                  f"{run.timings['startup']:>18.1f}")
+            print(
+                f"{n:>7} {algorithm:>9} {local:>19.3f} {remote:>15.3f} {remote / local:>6.1f} "
+                f"{run.timings['startup']:>18.1f}"
+            )
     own, kids = peak_mb()
     print(f"peak RSS: this process {own:.0f} MiB, largest child {kids:.0f} MiB")
 

@@ -17,21 +17,54 @@ import pytest
 from distdd_nas.cli import main
 from tests.conftest import SMOKE
 
-FAST = ["--set", "distill.iterations=2", "--set", "distill.eval.epochs=10",
-        "--set", "distill.eval.num_models=1", "--set", "search.epochs=5",
-        "--set", "fedavg.rounds=2", "--set", "fedavg.local_epochs=1"]
+FAST = [
+    "--set",
+    "distill.iterations=2",
+    "--set",
+    "distill.eval.epochs=10",
+    "--set",
+    "distill.eval.num_models=1",
+    "--set",
+    "search.epochs=5",
+    "--set",
+    "fedavg.rounds=2",
+    "--set",
+    "fedavg.local_epochs=1",
+]
 
 
 def test_run_smoke_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, cache = tmp_path / "run", tmp_path / "cache"
-    code = main(["run", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
-                 "--set", "search.n_trials=5", "--set", "validate.top_k=2",
-                 "--set", "validate.n_random=2"])
+    code = main(
+        [
+            "run",
+            str(SMOKE),
+            "--out",
+            str(out),
+            "--cache",
+            str(cache),
+            *FAST,
+            "--set",
+            "search.n_trials=5",
+            "--set",
+            "validate.top_k=2",
+            "--set",
+            "validate.n_random=2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "report" / "summary.json").read_text())
-    for key in ("kendall_tau", "spearman_rho", "top1_regret", "n_trials", "n_validated",
-                "bytes_distdd_total", "bytes_fedavg_nas_total", "comm_ratio",
-                "break_even_candidates"):
+    for key in (
+        "kendall_tau",
+        "spearman_rho",
+        "top1_regret",
+        "n_trials",
+        "n_validated",
+        "bytes_distdd_total",
+        "bytes_fedavg_nas_total",
+        "comm_ratio",
+        "break_even_candidates",
+    ):
         assert key in summary, key
     assert summary["n_trials"] == 5 and summary["n_validated"] == 4
     trials = pd.read_csv(out / "report" / "trials.csv")
@@ -42,15 +75,38 @@ def test_run_smoke_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     # Costs are measured: validation bytes equal the FedAvg ledgers.
     ledger = pd.read_csv(out / "validate" / "ledger.csv")
     assert ledger["bytes"].sum() == (validation["bytes_up"] + validation["bytes_down"]).sum()
-    for name in ("report.md", "proxy_vs_fedavg.png", "communication.png", "history.png",
-                 "grid.png", "manifest.json"):
+    for name in (
+        "report.md",
+        "proxy_vs_fedavg.png",
+        "communication.png",
+        "history.png",
+        "grid.png",
+        "manifest.json",
+    ):
         assert (out / "report" / name).is_file(), name
     text = (out / "report" / "report.md").read_text()
     assert "Kendall" in text and "Break-even" in text
     # A second run reuses every cached stage and continues the same study.
-    assert main(["run", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
-                 "--set", "search.n_trials=5", "--set", "validate.top_k=2",
-                 "--set", "validate.n_random=2"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(SMOKE),
+                "--out",
+                str(out),
+                "--cache",
+                str(cache),
+                *FAST,
+                "--set",
+                "search.n_trials=5",
+                "--set",
+                "validate.top_k=2",
+                "--set",
+                "validate.n_random=2",
+            ]
+        )
+        == 0
+    )
     again = pd.read_csv(out / "report" / "trials.csv")
     assert again["number"].tolist() == trials["number"].tolist()
     assert json.loads((out / "distill" / "summary.json").read_text())["cache_hit"]
@@ -61,7 +117,9 @@ def test_run_smoke_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "search" in shown and "complete" in shown and "kendall_tau" in shown
 
 
-def test_validate_before_search_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_before_search_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["validate", str(SMOKE), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run 'distdd-nas search'" in err
@@ -85,14 +143,29 @@ def _completed(storage: str) -> list[optuna.trial.FrozenTrial]:
 
 def test_killed_search_resumes_without_losing_trials(tmp_path: Path) -> None:
     out, cache = tmp_path / "run", tmp_path / "cache"
-    args = ["search", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
-            "--set", "search.n_trials=6", "--set", "search.epochs=20"]
+    args = [
+        "search",
+        str(SMOKE),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        *FAST,
+        "--set",
+        "search.n_trials=6",
+        "--set",
+        "search.epochs=20",
+    ]
     # Distil first so the killed process spends its time in trials.
     assert main(["distill", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST]) == 0
     storage = f"sqlite:///{(out / 'search' / 'optuna.db').resolve()}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "distdd_nas.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distdd_nas.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     try:
         while len(_completed(storage)) < 2 and time.monotonic() < deadline:
@@ -119,10 +192,27 @@ def test_run_smoke_through_nni(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """The same smoke pipeline with the NNI backend: trials land in the same table."""
     pytest.importorskip("nni")
     out, cache = tmp_path / "run", tmp_path / "cache"
-    code = main(["run", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST,
-                 "--set", "search.backend=nni", "--set", "search.sampler=random",
-                 "--set", "search.n_trials=3", "--set", "validate.top_k=2",
-                 "--set", "validate.n_random=0"])
+    code = main(
+        [
+            "run",
+            str(SMOKE),
+            "--out",
+            str(out),
+            "--cache",
+            str(cache),
+            *FAST,
+            "--set",
+            "search.backend=nni",
+            "--set",
+            "search.sampler=random",
+            "--set",
+            "search.n_trials=3",
+            "--set",
+            "validate.top_k=2",
+            "--set",
+            "validate.n_random=0",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     trials = pd.read_csv(out / "report" / "trials.csv")
     assert (trials["state"] == "COMPLETE").sum() == 3
