@@ -58,9 +58,8 @@ class StageWriter:
         return target
 
     def json(self, name: str, data: Any) -> None:
-        self.file(name).write_text(
-            json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8"
-        )
+        text = json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n"
+        self.file(name).write_text(text, encoding="utf-8")
 
     def csv(self, name: str, frame: pd.DataFrame) -> None:
         frame.to_csv(self.file(name), index=False)
@@ -70,14 +69,17 @@ class StageWriter:
             np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
 
 
-def _jsonable(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars/arrays, tensors and paths."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy().tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 @contextmanager
@@ -117,7 +119,7 @@ def _write_manifest(
     }
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(
-        json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8"
+        json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n", encoding="utf-8"
     )
     os.replace(tmp, path / MANIFEST)
 

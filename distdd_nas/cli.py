@@ -61,84 +61,6 @@ def _print_summary(title: str, summary: dict[str, Any], keys: Sequence[str], whe
             print(f"  {key:<24} {text}")
 
 
-def cmd_partition(args: argparse.Namespace) -> None:
-    from distdd_nas.pipeline import run_partition
-
-    config, out = _load(args)
-    outcome = run_partition(config, out)
-    _print_summary(
-        "partition",
-        outcome.summary,
-        (
-            "dataset",
-            "method",
-            "num_clients",
-            "train_examples",
-            "client_size_min",
-            "client_size_max",
-            "classes_per_client_mean",
-            "noisy_clients",
-            "labels_changed",
-        ),
-        outcome.path,
-    )
-
-
-def cmd_fedavg(args: argparse.Namespace) -> None:
-    from distdd_nas.pipeline import run_fedavg_stage
-
-    config, out = _load(args)
-    bar = _progress("fedavg")
-    try:
-        outcome = run_fedavg_stage(config, out, progress=bar)
-    finally:
-        bar.close()
-    _print_summary(
-        "fedavg",
-        outcome.summary,
-        (
-            "test_accuracy",
-            "rounds",
-            "num_clients",
-            "model",
-            "num_parameters",
-            "bytes_up",
-            "bytes_down",
-            "wall_s",
-        ),
-        outcome.path,
-    )
-
-
-def cmd_distill(args: argparse.Namespace) -> None:
-    from distdd_nas.pipeline import run_distill_stage
-
-    config, out = _load(args)
-    bar = _progress("distill")
-    try:
-        outcome = run_distill_stage(config, out, cache=Path(args.cache), progress=bar)
-    finally:
-        bar.close()
-    _print_summary(
-        "distill",
-        outcome.summary,
-        (
-            "test_accuracy_mean",
-            "test_accuracy_std",
-            "random_real_accuracy_mean",
-            "ipc",
-            "iterations",
-            "num_clients",
-            "bytes_up",
-            "bytes_down",
-            "cache_hit",
-            "artifact",
-            "wall_s",
-        ),
-        outcome.path,
-    )
-
-
 def _staged(
     name: str, fn_name: str, keys: Sequence[str], *, cache: bool = True, bar: bool = True
 ) -> Callable[[argparse.Namespace], None]:
@@ -163,6 +85,55 @@ def _staged(
     return command
 
 
+cmd_partition = _staged(
+    "partition",
+    "run_partition",
+    (
+        "dataset",
+        "method",
+        "num_clients",
+        "train_examples",
+        "client_size_min",
+        "client_size_max",
+        "classes_per_client_mean",
+        "noisy_clients",
+        "labels_changed",
+    ),
+    cache=False,
+    bar=False,
+)
+cmd_fedavg = _staged(
+    "fedavg",
+    "run_fedavg_stage",
+    (
+        "test_accuracy",
+        "rounds",
+        "num_clients",
+        "model",
+        "num_parameters",
+        "bytes_up",
+        "bytes_down",
+        "wall_s",
+    ),
+    cache=False,
+)
+cmd_distill = _staged(
+    "distill",
+    "run_distill_stage",
+    (
+        "test_accuracy_mean",
+        "test_accuracy_std",
+        "random_real_accuracy_mean",
+        "ipc",
+        "iterations",
+        "num_clients",
+        "bytes_up",
+        "bytes_down",
+        "cache_hit",
+        "artifact",
+        "wall_s",
+    ),
+)
 cmd_search = _staged(
     "search",
     "run_search_stage",
@@ -285,9 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="DistDD-based architecture search for federated learning"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch intra-op threads (default: torch's; 1 is fastest for small "
-                             "models or when other jobs share the CPU)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads (default: torch's; 1 is fastest for small "
+        "models or when other jobs share the CPU)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

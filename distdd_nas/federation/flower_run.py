@@ -43,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from distdd_nas.artifacts import json_default
 from distdd_nas.errors import ConfigError, EngineError
 from distdd_nas.federation.ledger import COLUMNS, Ledger, LedgerRow
 from distdd_nas.federation.message import as_numpy
@@ -98,18 +99,6 @@ class FlowerRunResult:
     pids: tuple[int, ...] = ()
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy().tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -137,7 +126,7 @@ def write_run_outputs(
         else:
             plain[key] = value
     _atomic_text(out_dir / RESULT_JSON,
-                 json.dumps(plain, indent=2, sort_keys=True, default=_json_default) + "\n")
+                 json.dumps(plain, indent=2, sort_keys=True, default=json_default) + "\n")
     tmp_npz = out_dir / (RESULT_NPZ + ".tmp.npz")
     np.savez(tmp_npz, **as_numpy(arrays))  # type: ignore[arg-type]
     tmp_npz.replace(out_dir / RESULT_NPZ)
@@ -149,7 +138,7 @@ def write_run_outputs(
         record["node_ids"] = {str(c): str(n) for c, n in engine.node_ids.items()}
         record["rounds"] = [asdict(t) for t in engine.timings]
     _atomic_text(out_dir / ENGINE_JSON,
-                 json.dumps(record, indent=2, sort_keys=True, default=_json_default) + "\n")
+                 json.dumps(record, indent=2, sort_keys=True, default=json_default) + "\n")
     status = {"status": "error" if "error" in info else "ok", "error": info.get("error", "")}
     _atomic_text(out_dir / STATUS_FILE, json.dumps(status) + "\n")
 
