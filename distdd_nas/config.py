@@ -129,6 +129,7 @@ class DistillSection(Section):
     distance: Literal["layerwise_cosine", "mse", "cosine"] = "layerwise_cosine"
     net_update: Literal["synthetic", "global_grad"] = "synthetic"
     init: Literal["noise", "client_mean"] = "noise"
+    grad_dtype: Literal["float32", "float16"] = "float32"
     aggregator: Literal["mean", "median", "trimmed_mean"] = "mean"
     trim: float = Field(default=0.1, ge=0.0, lt=0.5)
     eval_every: int = Field(default=0, ge=0)
@@ -263,22 +264,53 @@ def from_dict(data: Mapping[str, Any], *, source: str = "config") -> StudyConfig
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read a study TOML, apply ``--set`` overrides, validate.
 
+    A study may start with ``extends = "other.toml"`` (a path relative to its own file): the
+    other study is read first and this file's keys override it, section by section and key by
+    key. Studies that must share a budget (the fidelity comparisons) say so by construction.
     The study name defaults to the file's stem when the file does not set ``study.name``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"study file {str(path)!r} not found; pass a path such as studies/smoke.toml"
-        )
-    try:
-        tree = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax") from None
+    tree = _read_study(path, seen=())
     tree.setdefault("study", {}).setdefault("name", path.stem)
     for text in overrides:
         keys, value = parse_override(text)
         _apply(tree, keys, value)
     return from_dict(tree, source=str(path))
+
+
+def _read_study(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The TOML tree of ``path`` merged over the study it ``extends`` (recursively)."""
+    if not path.is_file():
+        hint = f" (named by 'extends' in {seen[-1]})" if seen else ""
+        raise ConfigError(
+            f"study file {str(path)!r} not found{hint}; pass a path such as studies/smoke.toml"
+        )
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise ConfigError(f"studies extend each other in a cycle ({chain}); break the cycle")
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax") from None
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be a file name string, got {base!r}")
+    parent = _read_study(path.parent / base, seen=(*seen, path.resolve()))
+    parent.get("study", {}).pop("name", None)  # a derived study is named after its own file
+    return _merge(parent, tree)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: tables merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
 
 
 def fingerprint(

@@ -81,3 +81,43 @@ def test_every_shipped_study_validates() -> None:
     for path in sorted(SMOKE.parent.glob("*.toml")):
         config = load_config(path)
         assert config.study.name == path.stem or config.study.name
+
+
+def test_extends_merges_key_by_key_and_names_the_study_after_its_file(tmp_path: Path) -> None:
+    base = tmp_path / "base.toml"
+    base.write_text(
+        '[study]\nname = "base"\nseed = 7\n[data]\nname = "digits"\n'
+        '[partition]\nmethod = "dirichlet"\nnum_clients = 6\nalpha = 0.5\n'
+        "[distill]\nipc = 3\niterations = 4\n"
+    )
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[partition]\nalpha = 0.1\n[distill]\nipc = 2\n')
+    config = load_config(child, ["distill.iterations=9"])
+    assert config.study.name == "child" and config.study.seed == 7
+    assert config.partition.method == "dirichlet" and config.partition.num_clients == 6
+    assert config.partition.alpha == 0.1
+    assert (config.distill.ipc, config.distill.iterations) == (2, 9)
+    assert load_config(base).distill.ipc == 3
+
+
+def test_extends_failures_name_the_file(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text('extends = "b.toml"\n')
+    b.write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match=r"studies extend each other in a cycle"):
+        load_config(a)
+    b.write_text('extends = "missing.toml"\n')
+    with pytest.raises(ConfigError, match=r"'.*missing.toml' not found \(named by 'extends' in"):
+        load_config(b)
+    b.write_text("extends = 3\n")
+    with pytest.raises(ConfigError, match=r"extends must be a file name string, got 3"):
+        load_config(b)
+
+
+def test_fidelity_studies_share_the_quickstart_budget() -> None:
+    quick = load_config(SMOKE.parent / "quickstart.toml")
+    for name in ("fmnist_iid", "fmnist_dirichlet01", "fmnist_mislabeled"):
+        other = load_config(SMOKE.parent / f"{name}.toml")
+        assert other.distill == quick.distill and other.model == quick.model
+        assert other.data == quick.data
+        assert (other.partition, other.noise) != (quick.partition, quick.noise)

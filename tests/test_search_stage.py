@@ -86,6 +86,7 @@ def test_run_smoke_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert (out / "report" / name).is_file(), name
     text = (out / "report" / "report.md").read_text()
     assert "Kendall" in text and "Break-even" in text
+    validated_at = (out / "validate" / "manifest.json").stat().st_mtime_ns
     # A second run reuses every cached stage and continues the same study.
     assert (
         main(
@@ -108,6 +109,7 @@ def test_run_smoke_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         == 0
     )
     again = pd.read_csv(out / "report" / "trials.csv")
+    assert (out / "validate" / "manifest.json").stat().st_mtime_ns == validated_at
     assert again["number"].tolist() == trials["number"].tolist()
     assert json.loads((out / "distill" / "summary.json").read_text())["cache_hit"]
     # inspect summarises the run

@@ -1,7 +1,11 @@
 """DistDD: federated dataset distillation by gradient matching (client tasks, server, loop)."""
 
 from distdd_nas.distill.client import class_gradients, class_stats, per_class_gradients
-from distdd_nas.distill.evaluate import evaluate_synthetic, random_real_subset
+from distdd_nas.distill.evaluate import (
+    evaluate_random_real,
+    evaluate_synthetic,
+    random_real_subset,
+)
 from distdd_nas.distill.loop import centralized_engine, resolve_loops, run_distill
 from distdd_nas.distill.matching import DISTANCES, get_distance
 from distdd_nas.distill.result import DistilledSet, DistillResult
@@ -13,6 +17,7 @@ __all__ = [
     "centralized_engine",
     "class_gradients",
     "class_stats",
+    "evaluate_random_real",
     "evaluate_synthetic",
     "get_distance",
     "per_class_gradients",

@@ -11,9 +11,10 @@ Wire format of ``class_gradients`` (every array is metered by the engine):
   how many images of that class to draw (0 = do not send that class). The server computes it
   from the ``class_stats`` census (see :func:`distdd_nas.distill.server.batch_shares`).
 * up: ``counts`` — int64, one entry per class: images actually used (0 = class not sent) — and
-  ``grads`` — float32, one row per class with a positive count (ascending class order), the
+  ``grads`` — one row per class with a positive count (ascending class order), the
   gradients of all trainable parameters flattened and concatenated in ``model.parameters()``
-  order.
+  order; float32, or float16 when ``msg.config["grad_dtype"] == "float16"`` (half the upload;
+  the server aggregates in float32).
 
 Speed (see :func:`per_class_gradients`): when no layer mixes samples, class batches are cut into
 cache-sized micro-batches whose gradients are summed — the same numbers as one forward/backward
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distdd_nas.distill.server import GRAD_DTYPES
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation.engine import ClientData, ClientTask
 from distdd_nas.federation.message import Message
@@ -113,6 +115,12 @@ def _class_gradients(client: ClientData, msg: Message, *, path: GradientPath) ->
             f"class_gradients: 'take' must hold one count per class "
             f"({num_classes}), got shape {take.shape}; send batch_shares() rows"
         )
+    wire = str(msg.config.get("grad_dtype", "float32"))
+    if wire not in GRAD_DTYPES:
+        raise ConfigError(
+            f"class_gradients: grad_dtype {wire!r} is unsupported; use {' or '.join(GRAD_DTYPES)}"
+        )
+    dtype = np.dtype(wire)
     model = model_from_message(client, msg, extra=("take",))
     model.train()
     chosen, segments = draw_class_batches(client, take=take, seed=int(msg.config["seed"]))
@@ -121,10 +129,10 @@ def _class_gradients(client: ClientData, msg: Message, *, path: GradientPath) ->
         counts[seg.label] = seg.stop - seg.start
     if not segments:
         dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return Message(arrays={"counts": counts, "grads": np.zeros((0, dim), dtype=np.float32)})
+        return Message(arrays={"counts": counts, "grads": np.zeros((0, dim), dtype=dtype)})
     images = client.dataset.images[torch.as_tensor(chosen)]
     grads = per_class_gradients(model, images, segments, path=path)
-    return Message(arrays={"counts": counts, "grads": grads.numpy()})
+    return Message(arrays={"counts": counts, "grads": grads.numpy().astype(dtype)})
 
 
 # --------------------------------------------------------------------------------------------

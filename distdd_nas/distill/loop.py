@@ -303,6 +303,7 @@ def _matching_step(
     config: dict[str, Scalar] = {
         "arch": run.arch_json,
         "seed": derive_seed(run.seed, "distill", "step", step),
+        "grad_dtype": settings.grad_dtype,
     }
     messages = {
         cid: Message(arrays={**params, "take": take[i]}, config=config)

@@ -29,6 +29,7 @@ DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 5
 BATCH_MODES = ("proportional", "per_client")
 NET_UPDATES = ("synthetic", "global_grad")
 INITS = ("noise", "client_mean")
+GRAD_DTYPES = ("float32", "float16")
 
 Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
 
@@ -42,7 +43,12 @@ def dc_loops(ipc: int) -> tuple[int, int]:
 def check_settings(settings: DistillSection) -> None:
     """Reject settings the loop cannot run, with the key to fix (the pydantic section already
     checks types and ranges; this also covers sections built without validation)."""
-    choices = {"batch_mode": BATCH_MODES, "net_update": NET_UPDATES, "init": INITS}
+    choices = {
+        "batch_mode": BATCH_MODES,
+        "net_update": NET_UPDATES,
+        "init": INITS,
+        "grad_dtype": GRAD_DTYPES,
+    }
     for key, allowed in choices.items():
         value = getattr(settings, key)
         if value not in allowed:
@@ -122,7 +128,7 @@ def aggregate_class_gradients(
     for cid, arrays in finite.items():
         counts = np.asarray(arrays["counts"])
         sent = np.flatnonzero(counts > 0)
-        grads = np.asarray(arrays["grads"])
+        grads = np.asarray(arrays["grads"], dtype=np.float32)  # float16 uploads upcast here
         if grads.shape != (len(sent), dim):
             log.warning(
                 "rejected class gradients of client %d: shape %s, expected %s",

@@ -37,10 +37,11 @@ class Message:
 
 
 def as_numpy(arrays: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """Convert a mapping of tensors/arrays to contiguous NumPy arrays (zero-copy on CPU)."""
+    """Convert a mapping of tensors/arrays to contiguous NumPy arrays (zero-copy on CPU), shapes
+    kept exactly (0-d buffers such as BatchNorm's ``num_batches_tracked`` stay 0-d)."""
     out: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()  # type: ignore[union-attr]
-        out[key] = np.ascontiguousarray(value)
+        out[key] = np.asarray(value, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     return out

@@ -149,3 +149,22 @@ def test_unknown_gradient_path_is_a_config_error() -> None:
     net = build_model(TINY, input_shape=(1, 8, 8), num_classes=10, seed=0)
     with pytest.raises(ConfigError, match="unknown gradient path 'fast'"):
         per_class_gradients(net, torch.zeros(2, 1, 8, 8), [Segment(0, 0, 2)], path="fast")  # type: ignore[arg-type]
+
+
+def test_float16_upload_is_the_float32_gradient_rounded(digits: DatasetSplits) -> None:
+    (client,) = make_clients(digits.train, [np.arange(400)])
+    take = np.full(10, 8)
+    full = class_gradients(client, _request(TINY, take, seed=3)).arrays["grads"]
+    msg = _request(TINY, take, seed=3)
+    half_msg = Message(arrays=msg.arrays, config={**msg.config, "grad_dtype": "float16"})
+    half = class_gradients(client, half_msg).arrays["grads"]
+    assert half.dtype == np.float16 and half.nbytes * 2 == full.nbytes
+    np.testing.assert_array_equal(half, full.astype(np.float16))
+
+
+def test_unknown_grad_dtype_is_a_config_error(digits: DatasetSplits) -> None:
+    (client,) = make_clients(digits.train, [np.arange(100)])
+    msg = _request(TINY, np.full(10, 2))
+    bad = Message(arrays=msg.arrays, config={**msg.config, "grad_dtype": "int8"})
+    with pytest.raises(ConfigError, match="grad_dtype 'int8' is unsupported; use float32 or"):
+        class_gradients(client, bad)

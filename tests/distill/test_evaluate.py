@@ -8,8 +8,9 @@ import torch
 
 from distdd_nas.config import EvalSection
 from distdd_nas.data import DatasetSplits
-from distdd_nas.distill import evaluate_synthetic, random_real_subset
+from distdd_nas.distill import evaluate_random_real, evaluate_synthetic, random_real_subset
 from distdd_nas.errors import ConfigError
+from distdd_nas.seeding import derive_seed
 from tests.distill.conftest import TINY
 
 QUICK = EvalSection(num_models=2, epochs=60)
@@ -59,3 +60,30 @@ def test_mismatched_inputs_are_config_errors(digits: DatasetSplits) -> None:
             settings=QUICK,
             seed=0,
         )
+
+
+def test_random_real_reference_trains_each_network_on_its_own_subset(
+    digits: DatasetSplits,
+) -> None:
+    train, test = digits.train, digits.test
+    pool = np.arange(len(train))
+    mean, std, accs = evaluate_random_real(
+        train, pool, ipc=5, arch=TINY, test=test, settings=QUICK, seed=4
+    )
+    assert len(accs) == 2 and mean == pytest.approx(np.mean(accs)) and std == np.std(accs)
+    one = QUICK.model_copy(update={"num_models": 1})
+    for m in range(2):  # independent reference: subset m, then one network, seeded by m
+        x, y = random_real_subset(
+            train, pool, ipc=5, num_classes=10, seed=derive_seed(4, "subset", m)
+        )
+        ref = evaluate_synthetic(
+            x, y, arch=TINY, test=test, settings=one, seed=derive_seed(4, "net", m)
+        )
+        assert ref[2] == [accs[m]]
+    first, _ = random_real_subset(
+        train, pool, ipc=5, num_classes=10, seed=derive_seed(4, "subset", 0)
+    )
+    second, _ = random_real_subset(
+        train, pool, ipc=5, num_classes=10, seed=derive_seed(4, "subset", 1)
+    )
+    assert not torch.equal(first, second)

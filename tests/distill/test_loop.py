@@ -149,11 +149,14 @@ def test_result_shapes_history_and_census(digits: DatasetSplits) -> None:
     assert result.client_class_counts.dtype == np.int64
 
 
-def test_ledger_matches_the_byte_formula(digits: DatasetSplits) -> None:
+@pytest.mark.parametrize(("grad_dtype", "width"), [("float32", 4), ("float16", 2)])
+def test_ledger_matches_the_byte_formula(
+    digits: DatasetSplits, grad_dtype: str, width: int
+) -> None:
     train = digits.train
     parts = label_skew_parts(train.labels.numpy(), 3)
     engine = make_engine(train, parts)
-    distill(engine, train)
+    distill(engine, train, SMALL.model_copy(update={"grad_dtype": grad_dtype}))
     net = build_model(TINY, input_shape=train.input_shape, num_classes=10)
     state_bytes = sum(a.nbytes for a in get_parameters(net).values())
     dim = sum(p.numel() for p in net.parameters())
@@ -161,7 +164,7 @@ def test_ledger_matches_the_byte_formula(digits: DatasetSplits) -> None:
     steps = SMALL.iterations * (SMALL.outer_loop or 0)
     take_bytes = counts_bytes = 10 * 8
     down = steps * len(parts) * (state_bytes + take_bytes)
-    up = steps * sum(k * dim * 4 + counts_bytes for k in held)
+    up = steps * sum(k * dim * width + counts_bytes for k in held)
     census_up = len(parts) * counts_bytes
     ledger = engine.ledger
     assert ledger.total("down", "class_gradients") == down

@@ -83,12 +83,20 @@ def test_select_clients_seeded_and_sized() -> None:
         select_clients(num_clients=3, fraction=0, seed=0, round=0)
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_fedavg_ledger_equals_analytical_count(fraction: float) -> None:
-    config = smoke("fedavg.rounds=3", "fedavg.local_epochs=1", f"federation.fraction={fraction}")
+@pytest.mark.parametrize(
+    ("fraction", "norm"), [(1.0, "instance"), (0.5, "instance"), (1.0, "batch")]
+)
+def test_fedavg_ledger_equals_analytical_count(fraction: float, norm: str) -> None:
+    # BatchNorm: its 0-d num_batches_tracked buffer must survive the round trip unchanged.
+    config = smoke(
+        "fedavg.rounds=3",
+        "fedavg.local_epochs=1",
+        f"federation.fraction={fraction}",
+        f'model.norm="{norm}"',
+    )
     fed = build_federation(config)
     engine = make_engine(config, fed)
-    run_fedavg(
+    result = run_fedavg(
         engine,
         arch=reference_arch(config),
         test=fed.test,
@@ -105,6 +113,10 @@ def test_fedavg_ledger_equals_analytical_count(fraction: float) -> None:
     assert engine.ledger.total("up", "local_train") == expected
     per_client = engine.ledger.to_frame().groupby("client")["bytes"].sum()
     assert per_client.sum() == 2 * expected
+    assert all(
+        v.shape == t.shape
+        for v, t in zip(result.parameters.values(), model.state_dict().values(), strict=True)
+    )
 
 
 def test_fedavg_excludes_a_nan_client_and_stays_finite() -> None:
