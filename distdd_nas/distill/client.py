@@ -132,7 +132,7 @@ def _class_gradients(client: ClientData, msg: Message, *, path: GradientPath) ->
         return Message(arrays={"counts": counts, "grads": np.zeros((0, dim), dtype=dtype)})
     images = client.dataset.images[torch.as_tensor(chosen)]
     grads = per_class_gradients(model, images, segments, path=path)
-    return Message(arrays={"counts": counts, "grads": grads.numpy().astype(dtype)})
+    return Message(arrays={"counts": counts, "grads": grads.numpy().astype(dtype, copy=False)})
 
 
 # --------------------------------------------------------------------------------------------
