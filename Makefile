@@ -29,6 +29,8 @@ data:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check distdd_nas tests bench
+	$(VENV)/bin/ruff format --check distdd_nas tests bench
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy distdd_nas

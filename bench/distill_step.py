@@ -46,9 +46,9 @@ from distdd_nas.distill.server import (
     train_net_on_synthetic,
 )
 from distdd_nas.federation import ClientData, InProcessEngine, Message
-from distdd_nas.federation.registry import default_tasks
 from distdd_nas.models import ArchSpec, build_model, count_parameters, get_parameters
 from distdd_nas.seeding import derive_seed, torch_generator
+from distdd_nas.study import default_tasks
 
 DC_SECONDS_PER_ITERATION = {10: 37.0, 1: 1.3}  # DC's official code, width 32, batch_real 256
 

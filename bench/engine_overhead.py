@@ -36,9 +36,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from distdd_nas.config import load_config
-    from distdd_nas.federation.flower_run import run_on_simulation
-    from distdd_nas.federation.setup import build_federation
-    from distdd_nas.pipeline import on_federation
+    from distdd_nas.federation.flower.runtime import run_on_simulation
+    from distdd_nas.stages.on_engine import SERVER_FNS, on_configured_engine
+    from distdd_nas.study import Study
 
     print(
         f"{'clients':>7} {'algorithm':>9} {'in-process s/round':>19} {'flower s/round':>15} "
@@ -62,16 +62,14 @@ def main() -> None:
         flower = load_config(
             REPO / "studies" / "smoke.toml", [*overrides, "federation.engine=flower"]
         )
-        fed = build_federation(config)
+        study = Study(config)
         for algorithm, count in (("distill", args.steps + 1), ("fedavg", args.rounds)):
-            on_federation(config, fed, algorithm)  # warm-up: one-time imports and allocations
+            on_configured_engine(study, algorithm)  # warm-up: one-time imports and allocations
             start = time.perf_counter()
-            on_federation(config, fed, algorithm)
+            on_configured_engine(study, algorithm)
             local = (time.perf_counter() - start) / count
             with tempfile.TemporaryDirectory() as tmp:
-                run = run_on_simulation(
-                    flower, server_fn=f"distdd_nas.pipeline:flower_{algorithm}", out_dir=Path(tmp)
-                )
+                run = run_on_simulation(flower, server_fn=SERVER_FNS[algorithm], out_dir=Path(tmp))
             remote = run.timings["rounds"] / count
             print(
                 f"{n:>7} {algorithm:>9} {local:>19.3f} {remote:>15.3f} {remote / local:>6.1f} "

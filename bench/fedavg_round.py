@@ -31,10 +31,9 @@ def worker(clients: int, rounds: int, dataset: str) -> dict[str, float]:
     import torch
 
     from distdd_nas.config import load_config
-    from distdd_nas.federation.setup import build_federation
-    from distdd_nas.fl.fedavg import run_fedavg
+    from distdd_nas.fedavg.server import run_fedavg
     from distdd_nas.models import build_model, count_parameters
-    from distdd_nas.pipeline import fedavg_settings, make_engine, reference_arch
+    from distdd_nas.study import Study
 
     torch.set_num_threads(2)
     config = load_config(
@@ -47,9 +46,10 @@ def worker(clients: int, rounds: int, dataset: str) -> dict[str, float]:
             "fedavg.eval_every=1000",
         ],
     )
-    fed = build_federation(config)
+    study = Study(config)
+    fed = study.federation
     after_data = rss_mb()
-    engine = make_engine(config, fed)
+    engine = study.make_engine()
     times: list[float] = []
     last = time.perf_counter()
 
@@ -61,14 +61,14 @@ def worker(clients: int, rounds: int, dataset: str) -> dict[str, float]:
 
     run_fedavg(
         engine,
-        arch=reference_arch(config),
+        arch=study.reference,
         test=fed.test,
-        settings=fedavg_settings(config),
+        settings=study.fedavg_settings,
         seed=0,
         on_round=on_round,
     )
     model = build_model(
-        reference_arch(config), input_shape=fed.train.input_shape, num_classes=fed.num_classes
+        study.reference, input_shape=fed.train.input_shape, num_classes=fed.num_classes
     )
     return {
         "clients": clients,

@@ -8,6 +8,8 @@ cache hit. Arrays are ``.npz`` read with ``allow_pickle=False``; tables are CSV;
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import os
 import shutil
@@ -24,6 +26,18 @@ import pandas as pd
 from distdd_nas.errors import ArtifactError
 
 MANIFEST = "manifest.json"
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` all at once: readers see the old file or the new one,
+    never a half-written one (write to a sibling temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -117,11 +131,9 @@ def _write_manifest(
         "completed_unix": time.time(),
         **(dict(meta) if meta else {}),
     }
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(
-        json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n", encoding="utf-8"
+    write_atomic(
+        path / MANIFEST, json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n"
     )
-    os.replace(tmp, path / MANIFEST)
 
 
 @contextmanager
@@ -176,3 +188,73 @@ def load_json(path: Path) -> Any:
         raise ArtifactError(
             f"{path} is corrupt ({type(err).__name__}); delete its stage directory and re-run"
         ) from None
+
+
+class AppendTable:
+    """A CSV that long, resumable jobs append to in whole blocks (one block per unit of work).
+
+    Each :meth:`append` writes its rows in one ``write`` followed by ``fsync`` while holding an
+    exclusive lock (``flock`` on a sidecar ``.lock`` file), so several worker processes may
+    share one table, no reader sees half a block, and a kill leaves at most one torn last line.
+    :meth:`read` drops such a line for good; :meth:`rewrite` replaces the rows atomically (to
+    drop a killed worker's partial block). Columns are fixed at creation.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.path = Path(path)
+        self.columns = columns
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.with_name(self.path.name + ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self) -> pd.DataFrame:
+        """The rows written so far (an empty frame with the columns when there is no file).
+
+        Raises:
+            ArtifactError: The file's header is not this table's columns.
+        """
+        with self._locked():
+            if not self.path.exists():
+                return pd.DataFrame(columns=list(self.columns))
+            raw = self.path.read_bytes()
+            whole = raw[: raw.rfind(b"\n") + 1]
+            if whole != raw:  # a torn last line from a killed writer: drop it for good
+                write_atomic(self.path, whole)
+        header = whole.split(b"\n", 1)[0].decode("utf-8", errors="replace").split(",")
+        if tuple(header) != self.columns:
+            raise ArtifactError(
+                f"{self.path} has columns {header[:4]}..., not this table's; "
+                "move it away or use another --out"
+            )
+        return pd.read_csv(io.BytesIO(whole))
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Append ``frame`` (its columns must be this table's) durably, header first if new."""
+        self._check(frame)
+        with self._locked():
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            text = frame.to_csv(index=False, header=new, lineterminator="\n")
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def rewrite(self, frame: pd.DataFrame) -> None:
+        """Replace every row with ``frame``, atomically."""
+        self._check(frame)
+        with self._locked():
+            write_atomic(self.path, frame.to_csv(index=False, lineterminator="\n"))
+
+    def _check(self, frame: pd.DataFrame) -> None:
+        if tuple(frame.columns) != self.columns:
+            raise ArtifactError(
+                f"rows for {self.path} have columns {list(frame.columns)}; "
+                f"expected {list(self.columns)}"
+            )

@@ -62,21 +62,27 @@ def _print_summary(title: str, summary: dict[str, Any], keys: Sequence[str], whe
 
 
 def _staged(
-    name: str, fn_name: str, keys: Sequence[str], *, cache: bool = True, bar: bool = True
+    name: str, keys: Sequence[str], *, cache: bool = True, bar: bool = True
 ) -> Callable[[argparse.Namespace], None]:
-    """A subcommand that runs one pipeline stage function and prints its summary."""
+    """A subcommand that runs stage ``name`` (``distdd_nas.stages.<name>``) and prints keys of
+    its summary."""
 
     def command(args: argparse.Namespace) -> None:
-        from distdd_nas import pipeline
+        import importlib
+
+        from distdd_nas.study import Study
 
         config, out = _load(args)
-        fn = getattr(pipeline, fn_name)
+        module = importlib.import_module(f"distdd_nas.stages.{name}")
+        fn = getattr(module, STAGE_FUNCTIONS[name])
         kwargs: dict[str, Any] = {"cache": Path(args.cache)} if cache else {}
+        if getattr(args, "shard", None) is not None:
+            kwargs["shard"] = args.shard
         progress = _progress(name) if bar else None
         if progress is not None:
             kwargs["progress"] = progress
         try:
-            outcome = fn(config, out, **kwargs)
+            outcome = fn(Study(config), out, **kwargs)
         finally:
             if progress is not None:
                 progress.close()
@@ -85,9 +91,19 @@ def _staged(
     return command
 
 
+#: Stage module → its entry function.
+STAGE_FUNCTIONS = {
+    "partition": "run_partition",
+    "fedavg": "run_fedavg_stage",
+    "distill": "run_distill_stage",
+    "search": "run_search_stage",
+    "validate": "run_validate_stage",
+    "report": "run_report_stage",
+    "groundtruth": "run_groundtruth_stage",
+}
+
 cmd_partition = _staged(
     "partition",
-    "run_partition",
     (
         "dataset",
         "method",
@@ -104,7 +120,6 @@ cmd_partition = _staged(
 )
 cmd_fedavg = _staged(
     "fedavg",
-    "run_fedavg_stage",
     (
         "test_accuracy",
         "rounds",
@@ -119,7 +134,6 @@ cmd_fedavg = _staged(
 )
 cmd_distill = _staged(
     "distill",
-    "run_distill_stage",
     (
         "test_accuracy_mean",
         "test_accuracy_std",
@@ -135,13 +149,10 @@ cmd_distill = _staged(
     ),
 )
 cmd_search = _staged(
-    "search",
-    "run_search_stage",
-    ("backend", "space", "n_trials", "best_value", "bytes_down", "storage", "wall_s"),
+    "search", ("backend", "space", "n_trials", "best_value", "bytes_down", "storage", "wall_s")
 )
 cmd_validate = _staged(
     "validate",
-    "run_validate_stage",
     (
         "n_validated",
         "kendall_tau",
@@ -155,7 +166,6 @@ cmd_validate = _staged(
 )
 cmd_report = _staged(
     "report",
-    "run_report_stage",
     (
         "kendall_tau",
         "spearman_rho",
@@ -169,10 +179,26 @@ cmd_report = _staged(
     ),
     bar=False,
 )
+cmd_groundtruth = _staged(
+    "groundtruth",
+    (
+        "candidates",
+        "replicates",
+        "rounds",
+        "units",
+        "seed_vs_seed_kendall_tau",
+        "best_mean_accuracy",
+        "bytes_total",
+        "train_wall_s_total",
+        "wall_s",
+    ),
+    cache=False,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from distdd_nas.pipeline import run_all
+    from distdd_nas.study import Study
 
     config, out = _load(args)
     bars: list[Any] = []
@@ -182,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         return bars[-1]
 
     try:
-        outcome = run_all(config, out, cache=Path(args.cache), progress=progress)
+        outcome = run_all(Study(config), out, cache=Path(args.cache), progress=progress)
     finally:
         for bar in bars:
             bar.close()
@@ -223,6 +249,14 @@ def cmd_inspect(args: argparse.Namespace) -> None:
                 print(f"    {key:<28} {text}")
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` → (K, N) with 0 <= K < N (argparse type: errors become one line, exit 2)."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not int(k) < int(n):
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 0 <= K < N, e.g. 0/2")
+    return int(k), int(n)
+
+
 def _add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study file, e.g. studies/smoke.toml")
     p.add_argument(
@@ -247,6 +281,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "search": (cmd_search, "search architectures/hyper-parameters on the distilled set"),
     "validate": (cmd_validate, "train the proxy's top-k and random controls with real FedAvg"),
     "report": (cmd_report, "write report.md, summary.json, tables and plots"),
+    "groundtruth": (
+        cmd_groundtruth,
+        "real FedAvg curves of candidates sampled from the space (resumable evidence table)",
+    ),
     "run": (cmd_run, "every stage: distill → search → validate → report (cached stages reused)"),
 }
 
@@ -268,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_study_args(p)
         p.set_defaults(func=fn)
+        if name == "groundtruth":
+            p.add_argument(
+                "--shard",
+                type=_shard,
+                metavar="K/N",
+                help="train only units K, K+N, ... (N processes share one table)",
+            )
     p = sub.add_parser(
         "inspect",
         help="summarise a run directory",

@@ -16,26 +16,53 @@ import optuna
 import pytest
 
 from distdd_nas.cli import main
-from distdd_nas.search.optuna_backend import make_storage
+from distdd_nas.search.backends.optuna_storage import make_storage
 from tests.conftest import SMOKE
 from tests.servers import postgres_server
 
-FAST = ["--set", "distill.iterations=2", "--set", "distill.eval.epochs=10",
-        "--set", "distill.eval.num_models=1", "--set", "search.epochs=5",
-        "--set", "search.sampler=random"]
+FAST = [
+    "--set",
+    "distill.iterations=2",
+    "--set",
+    "distill.eval.epochs=10",
+    "--set",
+    "distill.eval.num_models=1",
+    "--set",
+    "search.epochs=5",
+    "--set",
+    "search.sampler=random",
+]
 
 
 def run_workers(tmp: Path, storage: str, workers: int, n_trials: int) -> optuna.Study:
     cache = tmp / "cache"
-    assert main(["distill", str(SMOKE), "--out", str(tmp / "w0"), "--cache", str(cache),
-                 *FAST]) == 0
+    assert (
+        main(["distill", str(SMOKE), "--out", str(tmp / "w0"), "--cache", str(cache), *FAST]) == 0
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "distdd_nas.cli", "search", str(SMOKE),
-             "--out", str(tmp / f"w{i}"), "--cache", str(cache), *FAST,
-             "--set", f"search.n_trials={n_trials}", "--set", f'search.storage="{storage}"'],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "distdd_nas.cli",
+                "search",
+                str(SMOKE),
+                "--out",
+                str(tmp / f"w{i}"),
+                "--cache",
+                str(cache),
+                *FAST,
+                "--set",
+                f"search.n_trials={n_trials}",
+                "--set",
+                f'search.storage="{storage}"',
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(workers)
     ]
     try:

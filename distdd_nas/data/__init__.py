@@ -1,14 +1,8 @@
 """Datasets, federated partitions and label noise: pure code, tensors and arrays in and out."""
 
-from distdd_nas.data.datasets import (
-    DATASETS,
-    FASHION_MNIST_SYSTEM_DIRS,
-    DatasetSplits,
-    ImageDataset,
-    load_dataset,
-    read_idx,
-    stratified_sample,
-)
+from distdd_nas.data.datasets import DATASETS, load_dataset, stratified_sample
+from distdd_nas.data.files import read_idx
+from distdd_nas.data.images import DatasetSplits, ImageDataset
 from distdd_nas.data.noise import NOISE_KINDS, NoiseRecord, apply_label_noise
 from distdd_nas.data.partition import (
     PARTITIONERS,
@@ -20,6 +14,7 @@ from distdd_nas.data.partition import (
     ShardPartitioner,
     make_partitioner,
 )
+from distdd_nas.data.torchvision_sources import FASHION_MNIST_SYSTEM_DIRS
 
 __all__ = [
     "DATASETS",

@@ -9,6 +9,7 @@ reports can relate ranking quality to data quality. The input labels are never m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +19,6 @@ import pandas as pd
 from distdd_nas.data.partition import FederatedSplit
 from distdd_nas.errors import ConfigError, DataError
 from distdd_nas.seeding import numpy_rng
-
-NOISE_KINDS: tuple[str, ...] = ("none", "symmetric", "pair")
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,12 @@ class NoiseRecord:
     def to_frame(self, num_clients: int) -> pd.DataFrame:
         """One row per client (index ``client``): columns ``noisy`` (bool) and ``changed``."""
         clients = range(num_clients)
-        frame = pd.DataFrame({
-            "noisy": [c in self.noisy_clients for c in clients],
-            "changed": [self.changed_per_client.get(c, 0) for c in clients],
-        })
+        frame = pd.DataFrame(
+            {
+                "noisy": [c in self.noisy_clients for c in clients],
+                "changed": [self.changed_per_client.get(c, 0) for c in clients],
+            }
+        )
         frame.index.name = "client"
         return frame
 
@@ -101,12 +102,23 @@ def _check_data(labels: np.ndarray, split: FederatedSplit, *, num_classes: int) 
         )
 
 
-def _flip(old: np.ndarray, *, kind: str, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """New labels, each different from the old one."""
-    if kind == "pair":
-        return (old + 1) % num_classes
-    # symmetric: an offset in 1..C-1 reaches every other class with equal probability
+def _pair(old: np.ndarray, *, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Class c becomes (c + 1) mod C (draws nothing)."""
+    return (old + 1) % num_classes
+
+
+def _symmetric(old: np.ndarray, *, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """An offset in 1..C-1 reaches every other class with equal probability."""
     return (old + rng.integers(1, num_classes, size=len(old))) % num_classes
+
+
+#: Label-noise kinds by name (``noise.kind``): flip(old labels, num_classes, rng) → new labels,
+#: each different from the old one; ``none`` changes nothing.
+NOISE_KINDS: dict[str, Callable[..., np.ndarray] | None] = {
+    "none": None,
+    "symmetric": _symmetric,
+    "pair": _pair,
+}
 
 
 def apply_label_noise(
@@ -131,11 +143,13 @@ def apply_label_noise(
         ConfigError: Unknown kind, rate or client_fraction outside [0, 1], fewer than 2 classes.
         DataError: Labels that do not fit the split or ``num_classes``.
     """
-    _check_arguments(kind=kind, rate=rate, client_fraction=client_fraction,
-                     num_classes=num_classes)
+    _check_arguments(
+        kind=kind, rate=rate, client_fraction=client_fraction, num_classes=num_classes
+    )
     out = np.array(labels, dtype=np.int64, copy=True)
     _check_data(out, split, num_classes=num_classes)
-    if kind == "none":
+    flip = NOISE_KINDS[kind]
+    if flip is None:
         return out, NoiseRecord(kind="none", rate=0.0)
     n = split.num_clients
     picked = numpy_rng(seed, "noise", "clients").choice(
@@ -147,7 +161,7 @@ def apply_label_noise(
         idx = split.client_indices[cid]
         rng = numpy_rng(seed, "noise", "client", cid)
         where = rng.choice(idx, size=_round_half_up(rate * len(idx)), replace=False)
-        out[where] = _flip(out[where], kind=kind, num_classes=num_classes, rng=rng)
+        out[where] = flip(out[where], num_classes=num_classes, rng=rng)
         changed[cid] = len(where)
     record = NoiseRecord(kind=kind, rate=rate, noisy_clients=chosen, changed_per_client=changed)
     return out, record

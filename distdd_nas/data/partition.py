@@ -13,7 +13,7 @@ import logging
 import math
 import numbers
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -24,8 +24,6 @@ from distdd_nas.errors import ConfigError, DataError
 from distdd_nas.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
-
-PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "shards", "quantity")
 
 
 def _as_label_array(labels: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -169,8 +167,10 @@ class Partitioner(ABC):
             )
         classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
         if y.max() >= classes:
-            raise DataError(f"label {y.max()} does not fit num_classes={classes}; pass the "
-                            "dataset's number of classes")
+            raise DataError(
+                f"label {y.max()} does not fit num_classes={classes}; pass the "
+                "dataset's number of classes"
+            )
         parts = self._assign(y, num_classes=classes, rng=numpy_rng(seed, "partition", self.method))
         indices = tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
         log.debug("%s split: client sizes %s", self.method, [len(p) for p in indices])
@@ -231,8 +231,9 @@ class DirichletPartitioner(Partitioner):
             smallest = min(len(p) for p in parts)
             if smallest >= self.min_size:
                 return parts
-            log.debug("dirichlet draw %d: smallest client %d < %d", attempt, smallest,
-                      self.min_size)
+            log.debug(
+                "dirichlet draw %d: smallest client %d < %d", attempt, smallest, self.min_size
+            )
         raise DataError(
             f"no Dirichlet(alpha={self.alpha}) draw in {self.max_tries} tries gave all {n} "
             f"clients >= {self.min_size} examples; lower partition.min_size or raise "
@@ -305,6 +306,13 @@ class QuantitySkewPartitioner(Partitioner):
         return list(np.split(rng.permutation(total), np.cumsum(sizes)[:-1]))
 
 
+#: Partitioners by name (``partition.method``; each class's ``method``).
+PARTITIONERS: dict[str, type[Partitioner]] = {
+    cls.method: cls
+    for cls in (IidPartitioner, DirichletPartitioner, ShardPartitioner, QuantitySkewPartitioner)
+}
+
+
 def make_partitioner(
     method: str,
     *,
@@ -313,7 +321,8 @@ def make_partitioner(
     min_size: int = 10,
     classes_per_client: int = 2,
 ) -> Partitioner:
-    """Partitioner by name: ``iid`` | ``dirichlet`` | ``shards`` | ``quantity``.
+    """Partitioner by name (a key of :data:`PARTITIONERS`): ``iid`` | ``dirichlet`` | ``shards``
+    | ``quantity``.
 
     Arguments a method does not use are ignored (``alpha`` is read by dirichlet and quantity,
     ``min_size`` by dirichlet, ``classes_per_client`` by shards).
@@ -321,15 +330,12 @@ def make_partitioner(
     Raises:
         ConfigError: Unknown method or invalid argument.
     """
-    if method == "iid":
-        return IidPartitioner(num_clients=num_clients)
-    if method == "dirichlet":
-        return DirichletPartitioner(num_clients=num_clients, alpha=alpha, min_size=min_size)
-    if method == "shards":
-        return ShardPartitioner(num_clients=num_clients, classes_per_client=classes_per_client)
-    if method == "quantity":
-        return QuantitySkewPartitioner(num_clients=num_clients, alpha=alpha)
-    raise ConfigError(
-        f"unknown partition method {method!r}; set partition.method to one of "
-        f"{', '.join(PARTITIONERS)}"
-    )
+    cls = PARTITIONERS.get(method)
+    if cls is None:
+        raise ConfigError(
+            f"unknown partition method {method!r}; set partition.method to one of "
+            f"{', '.join(PARTITIONERS)}"
+        )
+    options = {"alpha": alpha, "min_size": min_size, "classes_per_client": classes_per_client}
+    used = {k: v for k, v in options.items() if k in {f.name for f in fields(cls)}}
+    return cls(num_clients=num_clients, **used)

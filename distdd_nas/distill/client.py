@@ -40,7 +40,7 @@ from distdd_nas.distill.server import GRAD_DTYPES
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation.engine import ClientData, ClientTask
 from distdd_nas.federation.message import Message
-from distdd_nas.fl.tasks import model_from_message
+from distdd_nas.federation.model_wire import model_from_message
 from distdd_nas.seeding import numpy_rng
 
 #: Rows per forward/backward when samples are independent: keeps activations in cache (the

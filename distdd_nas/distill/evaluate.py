@@ -69,12 +69,7 @@ def evaluate_synthetic(
 
 
 def random_real_subset(
-    train: ImageDataset,
-    indices_pool: np.ndarray,
-    *,
-    ipc: int,
-    num_classes: int,
-    seed: int,
+    train: ImageDataset, indices_pool: np.ndarray, *, ipc: int, num_classes: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` random real images per class drawn from ``indices_pool`` (fewer where a class
     has fewer). A centralized reference: it needs data that in DistDD never leaves the

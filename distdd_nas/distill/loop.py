@@ -31,10 +31,13 @@ from torch import nn
 
 from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset
+from distdd_nas.distill.client import class_gradients, class_stats
 from distdd_nas.distill.evaluate import evaluate_synthetic
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.result import DistilledSet, DistillResult
 from distdd_nas.distill.server import (
+    INITS,
+    NET_UPDATES,
     Distance,
     GradFn,
     aggregate_class_gradients,
@@ -42,17 +45,12 @@ from distdd_nas.distill.server import (
     check_class_totals,
     check_settings,
     dc_loops,
-    init_client_mean,
-    init_noise,
     make_grad_fn,
     match_loss,
-    step_with_global_gradient,
-    train_net_on_synthetic,
 )
 from distdd_nas.errors import EngineError
 from distdd_nas.federation import ClientData, Engine, InProcessEngine, Message, select_clients
 from distdd_nas.federation.message import Scalar
-from distdd_nas.federation.registry import default_tasks
 from distdd_nas.models import ArchSpec, build_model, get_parameters
 from distdd_nas.seeding import derive_seed, torch_generator
 
@@ -137,27 +135,21 @@ def run_distill(
     """Distil a synthetic set of ``settings.ipc`` images per class from the engine's clients.
 
     Args:
-        engine: Carries (and meters) every payload; its clients must run ``class_stats`` and
-            ``class_gradients``.
+        engine: Carries and meters every payload; clients run ``class_stats``/``class_gradients``.
         arch: The distillation network (sent to clients as JSON, weights as arrays).
-        input_shape: (C, H, W) of the images.
-        num_classes: Number of classes (labels of S are fixed, ``ipc`` per class).
+        input_shape, num_classes: (C, H, W) of the images; classes (``ipc`` images each).
         settings: The ``[distill]`` section.
         seed: Root seed: initial images, every θ0, client batches and client selection.
         fraction: Share of clients selected per matching step (``federation.fraction``).
-        compile: Run DC's inner loop through torch.compile (see
-            :func:`~distdd_nas.distill.server.make_grad_fn`): ~2× faster inner steps on a CPU
-            after a one-off compilation; results agree with eager mode to float rounding only.
-        test: Server-side test set for accuracy checkpoints every ``settings.eval_every``
-            iterations (with ``settings.eval``); none when omitted or ``eval_every == 0``.
+        compile: DC's inner loop through torch.compile (:func:`.server.make_grad_fn`): ~2×
+            faster inner steps after a one-off compilation; equal to eager up to rounding.
+        test: Server test set for checkpoints every ``settings.eval_every`` iterations.
         on_iteration: Called with each history row (progress bars).
 
     Returns:
-        The synthetic set, one history row per iteration (``iteration``, ``steps``,
-        ``match_loss`` (mean per class and step), ``rejected`` replies, cumulative ``bytes_up``
-        and ``bytes_down``, cumulative ``wall_s`` (checkpoint evaluations excluded), seconds in
-        ``client_s`` / ``match_s`` / ``update_s``, and ``acc_mean`` / ``acc_std`` at
-        checkpoints), the census class counts and the wall time.
+        The synthetic set, one history row per iteration (see :func:`_history_row`; plus
+        ``acc_mean`` / ``acc_std`` at checkpoints), the census class counts and the wall time
+        (checkpoint evaluations excluded).
 
     Raises:
         ConfigError: Unknown distance/aggregator/mode, or ``ipc`` above a class's total count.
@@ -168,23 +160,19 @@ def run_distill(
     outer, inner = resolve_loops(settings)
     info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
     check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
-    images = _initial_images(
-        settings, info, num_classes=num_classes, shape=input_shape, seed=seed
-    ).requires_grad_(True)
+    images = _initial_images(settings, info, num_classes=num_classes, shape=input_shape, seed=seed)
     labels = torch.arange(num_classes).repeat_interleave(settings.ipc)
     opt_img = torch.optim.SGD([images], lr=settings.lr_img, momentum=settings.momentum_img)
-    probe = build_model(arch, input_shape=input_shape, num_classes=num_classes, seed=0)
-    run = _Run(
+    run = _start(
         engine,
-        json.dumps(arch.to_dict(), sort_keys=True),
+        arch,
         settings,
         info,
-        get_distance(settings.distance),
-        settings.ipc,
-        sum(p.numel() for p in probe.parameters() if p.requires_grad),
-        seed,
-        fraction,
-        make_grad_fn(probe, compiled=compile),
+        input_shape=input_shape,
+        num_classes=num_classes,
+        seed=seed,
+        fraction=fraction,
+        compile=compile,
     )
     rows: list[dict[str, float]] = []
     eval_s = 0.0
@@ -198,35 +186,76 @@ def run_distill(
         net.train()
         timer = _iteration(run, net, images, labels, opt_img, it=it, outer=outer, inner=inner)
         row = _history_row(it, outer, timer, engine, wall_s=time.perf_counter() - start - eval_s)
-        if (
-            test is not None
-            and settings.eval_every
-            and ((it + 1) % settings.eval_every == 0 or it + 1 == settings.iterations)
-        ):
+        if test is not None and _checkpoint_due(settings, it):
             t0 = time.perf_counter()
-            acc, std, _ = evaluate_synthetic(
-                images.detach(),
-                labels,
-                arch=arch,
-                test=test,
-                settings=settings.eval,
-                seed=derive_seed(seed, "distill", "checkpoint"),
+            row.update(
+                _checkpoint(images, labels, arch=arch, test=test, settings=settings, seed=seed)
             )
-            row.update(acc_mean=acc, acc_std=std)
             eval_s += time.perf_counter() - t0
         rows.append(row)
-        log.info(
-            "distill iteration %d/%d: match loss %.4f, %.1f s",
-            it + 1,
-            settings.iterations,
-            row["match_loss"],
-            row["wall_s"],
-        )
+        log.info("distill iteration %d: %s", it + 1, row)
         if on_iteration is not None:
             on_iteration(row)
     synthetic = DistilledSet(images.detach().clone(), labels, num_classes)
     history = pd.DataFrame(rows).astype({"iteration": int, "steps": int, "rejected": int})
     return DistillResult(synthetic, history, info.counts, time.perf_counter() - start - eval_s)
+
+
+def _start(
+    engine: Engine,
+    arch: ArchSpec,
+    settings: DistillSection,
+    info: ClassCensus,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    seed: int,
+    fraction: float,
+    compile: bool,
+) -> _Run:
+    """What every matching step of a run shares (the probe network only gives shapes)."""
+    probe = build_model(arch, input_shape=input_shape, num_classes=num_classes, seed=0)
+    return _Run(
+        engine,
+        json.dumps(arch.to_dict(), sort_keys=True),
+        settings,
+        info,
+        get_distance(settings.distance),
+        settings.ipc,
+        sum(p.numel() for p in probe.parameters() if p.requires_grad),
+        seed,
+        fraction,
+        make_grad_fn(probe, compiled=compile),
+    )
+
+
+def _checkpoint(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    arch: ArchSpec,
+    test: ImageDataset,
+    settings: DistillSection,
+    seed: int,
+) -> dict[str, float]:
+    """DC's evaluation of the images so far (``settings.eval``): mean and std accuracy."""
+    acc, std, _ = evaluate_synthetic(
+        images.detach(),
+        labels,
+        arch=arch,
+        test=test,
+        settings=settings.eval,
+        seed=derive_seed(seed, "distill", "checkpoint"),
+    )
+    return {"acc_mean": acc, "acc_std": std}
+
+
+def _checkpoint_due(settings: DistillSection, it: int) -> bool:
+    """Accuracy checkpoints every ``eval_every`` iterations and after the last one."""
+    done = it + 1
+    return bool(settings.eval_every) and (
+        done % settings.eval_every == 0 or done == settings.iterations
+    )
 
 
 def _initial_images(
@@ -237,10 +266,12 @@ def _initial_images(
     shape: tuple[int, int, int],
     seed: int,
 ) -> torch.Tensor:
+    """The synthetic images at the start (``settings.init``), ready to be optimised."""
     gen = torch_generator(seed, "distill", "init")
-    if settings.init == "client_mean":
-        return init_client_mean(ipc=settings.ipc, stats=info.moments, shape=shape, generator=gen)
-    return init_noise(ipc=settings.ipc, num_classes=num_classes, shape=shape, generator=gen)
+    images = INITS[settings.init](
+        ipc=settings.ipc, num_classes=num_classes, stats=info.moments, shape=shape, generator=gen
+    )
+    return images.requires_grad_(True)
 
 
 def _iteration(
@@ -264,19 +295,18 @@ def _iteration(
         if ol == outer - 1:
             break
         t0 = time.perf_counter()
-        if settings.net_update == "synthetic":
-            train_net_on_synthetic(
-                net,
-                opt_net,
-                images,
-                labels,
-                steps=inner,
-                batch_size=settings.batch_syn,
-                generator=inner_gen,
-                grad_fn=run.grad_fn,
-            )
-        elif targets:
-            step_with_global_gradient(net, targets, lr=settings.lr_net)
+        NET_UPDATES[settings.net_update](
+            net,
+            opt_net,
+            images=images,
+            labels=labels,
+            targets=targets,
+            steps=inner,
+            batch_size=settings.batch_syn,
+            lr=settings.lr_net,
+            generator=inner_gen,
+            grad_fn=run.grad_fn,
+        )
         timer.update_s += time.perf_counter() - t0
     return timer
 
@@ -312,7 +342,7 @@ def _matching_step(
     }
     replies = run.engine.run_round("class_gradients", messages, round=step)
     targets, rejected = aggregate_class_gradients(
-        replies, dim=run.dim, aggregator=settings.aggregator, trim=settings.trim
+        replies, dim=run.dim, aggregator=settings.aggregator
     )
     timer.rejected += len(rejected)
     t1 = time.perf_counter()
@@ -332,6 +362,9 @@ def _matching_step(
 def _history_row(
     it: int, outer: int, timer: _Timer, engine: Engine, *, wall_s: float
 ) -> dict[str, float]:
+    """One history row: ``iteration``, ``steps``, ``match_loss`` (mean per class and step),
+    ``rejected`` replies, cumulative ``bytes_up``/``bytes_down`` and ``wall_s``, and seconds in
+    ``client_s`` / ``match_s`` / ``update_s``."""
     return {
         "iteration": float(it),
         "steps": float((it + 1) * outer),
@@ -348,7 +381,7 @@ def _history_row(
 
 def centralized_engine(train: ImageDataset, indices: np.ndarray, **kwargs: Any) -> InProcessEngine:
     """An engine with one client holding ``indices`` of ``train``: run_distill on it is
-    centralized DC (the ``centralized_reference`` of a study; it needs data that in DistDD
+    centralized DC (a reference for benchmarks and tests; it needs data that in DistDD
     never leaves the clients, so label it as a reference). ``kwargs`` go to InProcessEngine."""
     client = ClientData(
         cid=0,
@@ -356,4 +389,5 @@ def centralized_engine(train: ImageDataset, indices: np.ndarray, **kwargs: Any) 
         train_indices=np.sort(np.asarray(indices)),
         holdout_indices=np.zeros(0, dtype=np.int64),
     )
-    return InProcessEngine(clients=[client], tasks=default_tasks(), **kwargs)
+    tasks = {"class_gradients": class_gradients, "class_stats": class_stats}
+    return InProcessEngine(clients=[client], tasks=tasks, **kwargs)

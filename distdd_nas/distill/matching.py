@@ -14,7 +14,6 @@ import torch
 
 from distdd_nas.errors import ConfigError
 
-DISTANCES = ("layerwise_cosine", "mse", "cosine")
 EPS = 1e-6
 
 Grads = Sequence[torch.Tensor]
@@ -48,9 +47,17 @@ def cosine(syn: Grads, real: Grads) -> torch.Tensor:
     return 1.0 - (a * b).sum() / (a.norm() * b.norm() + EPS)
 
 
+#: Gradient-matching distances by name (``distill.distance``).
+DISTANCES: dict[str, Callable[[Grads, Grads], torch.Tensor]] = {
+    "layerwise_cosine": layerwise_cosine,
+    "mse": mse,
+    "cosine": cosine,
+}
+
+
 def get_distance(name: str) -> Callable[[Grads, Grads], torch.Tensor]:
-    """Distance function by name."""
-    table = {"layerwise_cosine": layerwise_cosine, "mse": mse, "cosine": cosine}
-    if name not in table:
+    """Distance function by name (a key of :data:`DISTANCES`)."""
+    distance = DISTANCES.get(name)
+    if distance is None:
         raise ConfigError(f"unknown distance {name!r}; choose one of {', '.join(DISTANCES)}")
-    return table[name]
+    return distance

@@ -8,7 +8,7 @@ the algorithm and the tests can check every piece against an independent referen
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import cast
 
 import numpy as np
@@ -19,16 +19,13 @@ from torch import nn
 from distdd_nas.config import DistillSection
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.errors import ConfigError
-from distdd_nas.federation.aggregate import drop_non_finite, get_aggregator
+from distdd_nas.federation.aggregators import AggregatorSpec, drop_non_finite, make_aggregator
 from distdd_nas.federation.message import Message
 
 log = logging.getLogger(__name__)
 
 #: (outer_loop, inner_loop) by images per class, from Dataset Condensation (Zhao et al., 2021).
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-BATCH_MODES = ("proportional", "per_client")
-NET_UPDATES = ("synthetic", "global_grad")
-INITS = ("noise", "client_mean")
 GRAD_DTYPES = ("float32", "float16")
 
 Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
@@ -43,7 +40,7 @@ def dc_loops(ipc: int) -> tuple[int, int]:
 def check_settings(settings: DistillSection) -> None:
     """Reject settings the loop cannot run, with the key to fix (the pydantic section already
     checks types and ranges; this also covers sections built without validation)."""
-    choices = {
+    choices: dict[str, Collection[str]] = {
         "batch_mode": BATCH_MODES,
         "net_update": NET_UPDATES,
         "init": INITS,
@@ -56,7 +53,7 @@ def check_settings(settings: DistillSection) -> None:
                 f"distill.{key}={value!r} is unknown; use one of {', '.join(allowed)}"
             )
     get_distance(settings.distance)
-    get_aggregator(settings.aggregator, trim=settings.trim)
+    make_aggregator(settings.aggregator)
     for key in ("ipc", "iterations", "batch_real", "batch_syn"):
         if int(getattr(settings, key)) < 1:
             raise ConfigError(f"distill.{key}={getattr(settings, key)} must be >= 1")
@@ -100,19 +97,32 @@ def batch_shares(counts: np.ndarray, *, batch_real: int, mode: str) -> np.ndarra
     batches. When a class has ≤ ``batch_real`` images in total every client uses all of them.
     ``per_client``: every client draws up to ``batch_real`` of each class it holds.
     """
-    counts = np.asarray(counts, dtype=np.int64)
-    if mode == "per_client":
-        return np.minimum(counts, batch_real)
-    if mode != "proportional":
+    shares = BATCH_MODES.get(mode)
+    if shares is None:
         raise ConfigError(f"unknown batch_mode {mode!r}; use one of {', '.join(BATCH_MODES)}")
+    return shares(np.asarray(counts, dtype=np.int64), batch_real)
+
+
+def _proportional_shares(counts: np.ndarray, batch_real: int) -> np.ndarray:
     totals = counts.sum(axis=0, keepdims=True)
     share = counts * (batch_real / np.maximum(totals, 1))
     take = np.maximum(np.floor(share + 0.5).astype(np.int64), (counts > 0).astype(np.int64))
     return np.minimum(take, counts)
 
 
+def _per_client_shares(counts: np.ndarray, batch_real: int) -> np.ndarray:
+    return np.minimum(counts, batch_real)
+
+
+#: Batch modes by name (``distill.batch_mode``): shares(counts, batch_real) (see batch_shares).
+BATCH_MODES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "proportional": _proportional_shares,
+    "per_client": _per_client_shares,
+}
+
+
 def aggregate_class_gradients(
-    replies: Mapping[int, Message], *, dim: int, aggregator: str = "mean", trim: float = 0.1
+    replies: Mapping[int, Message], *, dim: int, aggregator: AggregatorSpec = "mean"
 ) -> tuple[dict[int, torch.Tensor], list[int]]:
     """Per-class aggregate G_c over the clients that sent class c, weighted by images used.
 
@@ -123,7 +133,7 @@ def aggregate_class_gradients(
     finite, rejected = drop_non_finite(
         {c: r.arrays for c, r in replies.items()}, what="class gradients"
     )
-    combine = get_aggregator(aggregator, trim=trim)
+    combine = make_aggregator(aggregator)
     per_class: dict[int, tuple[list[dict[str, np.ndarray]], list[float]]] = {}
     for cid, arrays in finite.items():
         counts = np.asarray(arrays["counts"])
@@ -189,6 +199,37 @@ def init_client_mean(
     )
     images = torch.from_numpy(mean)[:, None] + torch.from_numpy(std)[:, None] * noise
     return images.reshape(num_classes * ipc, *shape).float()
+
+
+def _noise_images(
+    *,
+    ipc: int,
+    num_classes: int,
+    stats: Sequence[Mapping[str, np.ndarray]],
+    shape: tuple[int, int, int],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    return init_noise(ipc=ipc, num_classes=num_classes, shape=shape, generator=generator)
+
+
+def _client_mean_images(
+    *,
+    ipc: int,
+    num_classes: int,
+    stats: Sequence[Mapping[str, np.ndarray]],
+    shape: tuple[int, int, int],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    return init_client_mean(ipc=ipc, stats=stats, shape=shape, generator=generator)
+
+
+#: Initial synthetic images by name (``distill.init``), called with the keyword arguments
+#: ``ipc``, ``num_classes``, ``stats`` (the clients' ``class_stats`` replies; only
+#: ``client_mean`` reads them), ``shape`` and ``generator``.
+INITS: dict[str, Callable[..., torch.Tensor]] = {
+    "noise": _noise_images,
+    "client_mean": _client_mean_images,
+}
 
 
 def match_loss(
@@ -282,3 +323,55 @@ def step_with_global_gradient(
     mean = torch.stack(list(targets.values())).mean(dim=0)
     for p, g in zip(params, split_like(mean, params), strict=True):
         p.sub_(lr * g)
+
+
+def _update_on_synthetic(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    targets: Mapping[int, torch.Tensor],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    grad_fn: GradFn | None,
+) -> None:
+    train_net_on_synthetic(
+        net,
+        optimizer,
+        images,
+        labels,
+        steps=steps,
+        batch_size=batch_size,
+        generator=generator,
+        grad_fn=grad_fn,
+    )
+
+
+def _update_with_global_gradient(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    targets: Mapping[int, torch.Tensor],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    grad_fn: GradFn | None,
+) -> None:
+    if targets:
+        step_with_global_gradient(net, targets, lr=lr)
+
+
+#: Network updates between matching steps by name (``distill.net_update``), called with
+#: ``(net, optimizer)`` and the keyword arguments ``images``, ``labels``, ``targets`` (this
+#: step's aggregated class gradients), ``steps``, ``batch_size``, ``lr``, ``generator`` and
+#: ``grad_fn``; ``synthetic`` is DC's inner loop, ``global_grad`` a step along the mean target.
+NET_UPDATES: dict[str, Callable[..., None]] = {
+    "synthetic": _update_on_synthetic,
+    "global_grad": _update_with_global_gradient,
+}

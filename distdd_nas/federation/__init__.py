@@ -1,11 +1,12 @@
 """Federation layer: messages, the metered Engine channel, ledgers and aggregators."""
 
-from distdd_nas.federation.aggregate import (
+from distdd_nas.federation.aggregators import (
     AGGREGATORS,
+    AggregatorSpec,
+    Combine,
     coordinate_median,
     drop_non_finite,
-    get_aggregator,
-    trimmed_mean,
+    make_aggregator,
     weighted_mean,
 )
 from distdd_nas.federation.engine import (
@@ -20,8 +21,10 @@ from distdd_nas.federation.message import Message, as_numpy
 
 __all__ = [
     "AGGREGATORS",
+    "AggregatorSpec",
     "ClientData",
     "ClientTask",
+    "Combine",
     "Engine",
     "InProcessEngine",
     "Ledger",
@@ -30,8 +33,7 @@ __all__ = [
     "as_numpy",
     "coordinate_median",
     "drop_non_finite",
-    "get_aggregator",
+    "make_aggregator",
     "select_clients",
-    "trimmed_mean",
     "weighted_mean",
 ]

@@ -53,7 +53,7 @@ ClientTask = Callable[[ClientData, Message], Message]
 class Engine(Protocol):
     """Runs a named client task on a set of clients, one message each, and meters the traffic.
 
-    Contract (checked by ``tests/federation/test_engine_contract.py`` for every implementation):
+    Contract (checked for the in-process and Flower engines by ``tests/federation/``):
     replies come back keyed by client id, in ascending id order; a client that fails or drops out
     is absent from the replies (never a partial reply); every delivered message is recorded in
     ``ledger`` as ``down`` and every reply as ``up`` with ``kind`` = the task name.

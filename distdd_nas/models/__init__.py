@@ -6,20 +6,8 @@ Everything other packages need is re-exported here; import from ``distdd_nas.mod
 from distdd_nas.models.convnet import ConvNet
 from distdd_nas.models.lenet import LeNet
 from distdd_nas.models.mlp import MLP
-from distdd_nas.models.params import (
-    count_parameters,
-    get_parameters,
-    init_model,
-    set_parameters,
-)
-from distdd_nas.models.spec import (
-    ACTIVATIONS,
-    FAMILIES,
-    NORMS,
-    POOLS,
-    ArchSpec,
-    build_model,
-)
+from distdd_nas.models.params import count_parameters, get_parameters, init_model, set_parameters
+from distdd_nas.models.spec import ACTIVATIONS, FAMILIES, NORMS, POOLS, ArchSpec, build_model
 
 __all__ = [
     "ACTIVATIONS",

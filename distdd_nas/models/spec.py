@@ -171,11 +171,7 @@ def _construct(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: i
 
 
 def build_model(
-    spec: ArchSpec,
-    *,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    seed: int | None = None,
+    spec: ArchSpec, *, input_shape: tuple[int, int, int], num_classes: int, seed: int | None = None
 ) -> nn.Module:
     """Build the network described by ``spec`` for images of ``input_shape`` (C, H, W).
 

@@ -18,12 +18,7 @@ from distdd_nas.report.plots import (
     image_grid_figure,
     proxy_vs_fedavg_figure,
 )
-from distdd_nas.report.tables import (
-    markdown_table,
-    ranking_table,
-    trials_table,
-    validation_table,
-)
+from distdd_nas.report.tables import markdown_table, ranking_table, trials_table, validation_table
 
 __all__ = [
     "CostComparison",

@@ -11,11 +11,23 @@ import pandas as pd
 from distdd_nas.report.tables import markdown_table, ranking_table, validation_table
 
 #: File names of the figures the report links (the caller saves them beside report.md).
-FIGURES = {"proxy_vs_fedavg": "proxy_vs_fedavg.png", "communication": "communication.png",
-           "history": "history.png", "grid": "grid.png"}
-REQUIRED_KEYS = ("kendall_tau", "spearman_rho", "top1_regret", "n_trials", "n_validated",
-                 "bytes_distdd_total", "bytes_fedavg_nas_total", "comm_ratio",
-                 "break_even_candidates")
+FIGURES = {
+    "proxy_vs_fedavg": "proxy_vs_fedavg.png",
+    "communication": "communication.png",
+    "history": "history.png",
+    "grid": "grid.png",
+}
+REQUIRED_KEYS = (
+    "kendall_tau",
+    "spearman_rho",
+    "top1_regret",
+    "n_trials",
+    "n_validated",
+    "bytes_distdd_total",
+    "bytes_fedavg_nas_total",
+    "comm_ratio",
+    "break_even_candidates",
+)
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
@@ -33,6 +45,44 @@ def _bytes(value: Any) -> str:
         return "n/a"
     v = float(value)
     return f"{v / 2**20:,.1f} MiB" if v < 2**30 else f"{v / 2**30:,.2f} GiB"
+
+
+def _cost_section(s: Mapping[str, Any]) -> list[str]:
+    """The cost table and the break-even sentence."""
+    be = s["break_even_candidates"]
+    be_time = s.get("break_even_candidates_time")
+    return [
+        "## Cost: distil once + search + validate vs FedAvg for every candidate",
+        "",
+        "| | bytes | wall s |",
+        "|---|---|---|",
+        f"| distil | {_bytes(s.get('bytes_distill'))} | {_num(s.get('wall_s_distill'), '.0f')} |",
+        f"| search (proxy scoring) | {_bytes(s.get('bytes_search'))} | "
+        f"{_num(s.get('wall_s_search'), '.0f')} |",
+        f"| validate (FedAvg, {s['n_validated']} candidates) | "
+        f"{_bytes(s.get('bytes_validate'))} | {_num(s.get('wall_s_validate'), '.0f')} |",
+        f"| **DistDD total** | {_bytes(s['bytes_distdd_total'])} | "
+        f"{_num(s.get('wall_s_distdd_total'), '.0f')} |",
+        f"| FedAvg per candidate, all {s.get('n_candidates', s['n_trials'])} (measured + "
+        f"extrapolated) | {_bytes(s['bytes_fedavg_nas_total'])} | "
+        f"{_num(s.get('wall_s_fedavg_nas_total'), '.0f')} |",
+        f"| ratio FedAvg-NAS / DistDD | {_num(s['comm_ratio'], '.2f')}× | "
+        f"{_num(s.get('time_ratio'), '.2f')}× |",
+        "",
+        "Break-even: DistDD-based search sends fewer bytes from "
+        + (
+            f"**{be}** candidates on"
+            if be is not None
+            else "**no** number of candidates "
+            "(scoring a candidate costs as much as training it with FedAvg)"
+        )
+        + (
+            f"; it takes less wall time from **{be_time}** candidates on."
+            if be_time is not None
+            else "."
+        ),
+        "",
+    ]
 
 
 def render_markdown(
@@ -79,47 +129,29 @@ def render_markdown(
         f"{_num(s.get('proxy_top1_fedavg_accuracy'), '.4f')})",
     ]
     if s.get("distilled_accuracy") is not None:
-        lines.append(f"- distilled set accuracy {_num(s['distilled_accuracy'], '.4f')} "
-                     f"(random real subset: {_num(s.get('random_real_accuracy'), '.4f')})")
+        lines.append(
+            f"- distilled set accuracy {_num(s['distilled_accuracy'], '.4f')} "
+            f"(random real subset: {_num(s.get('random_real_accuracy'), '.4f')})"
+        )
     lines.append("")
     if "proxy_vs_fedavg" in figures:
         lines += [f"![proxy vs FedAvg]({figures['proxy_vs_fedavg']})", ""]
     lines += ["### Validated candidates", "", markdown_table(validation_table(validation)), ""]
     if ranking is not None and len(ranking):
-        lines += [f"### Proxy ranking (top {min(top_ranking, len(ranking))} of {len(ranking)})",
-                  "", markdown_table(ranking_table(ranking).head(top_ranking)), ""]
-    be = s["break_even_candidates"]
-    be_time = s.get("break_even_candidates_time")
-    lines += [
-        "## Cost: distil once + search + validate vs FedAvg for every candidate",
-        "",
-        "| | bytes | wall s |",
-        "|---|---|---|",
-        f"| distil | {_bytes(s.get('bytes_distill'))} | {_num(s.get('wall_s_distill'), '.0f')} |",
-        f"| search (proxy scoring) | {_bytes(s.get('bytes_search'))} | "
-        f"{_num(s.get('wall_s_search'), '.0f')} |",
-        f"| validate (FedAvg, {s['n_validated']} candidates) | "
-        f"{_bytes(s.get('bytes_validate'))} | {_num(s.get('wall_s_validate'), '.0f')} |",
-        f"| **DistDD total** | {_bytes(s['bytes_distdd_total'])} | "
-        f"{_num(s.get('wall_s_distdd_total'), '.0f')} |",
-        f"| FedAvg per candidate, all {s.get('n_candidates', s['n_trials'])} (measured + "
-        f"extrapolated) | {_bytes(s['bytes_fedavg_nas_total'])} | "
-        f"{_num(s.get('wall_s_fedavg_nas_total'), '.0f')} |",
-        f"| ratio FedAvg-NAS / DistDD | {_num(s['comm_ratio'], '.2f')}× | "
-        f"{_num(s.get('time_ratio'), '.2f')}× |",
-        "",
-        "Break-even: DistDD-based search sends fewer bytes from "
-        + (f"**{be}** candidates on" if be is not None else "**no** number of candidates "
-           "(scoring a candidate costs as much as training it with FedAvg)")
-        + (f"; it takes less wall time from **{be_time}** candidates on."
-           if be_time is not None else "."),
-        "",
-    ]
+        lines += [
+            f"### Proxy ranking (top {min(top_ranking, len(ranking))} of {len(ranking)})",
+            "",
+            markdown_table(ranking_table(ranking).head(top_ranking)),
+            "",
+        ]
+    lines += _cost_section(s)
     if "bytes_distdd_per_client" in s:
-        lines += [f"Per client: DistDD {_bytes(s['bytes_distdd_per_client'])}, FedAvg-NAS "
-                  f"{_bytes(s.get('bytes_fedavg_nas_per_client'))}.", ""]
-    links = [f"![{k}]({figures[k]})" for k in ("communication", "history", "grid")
-             if k in figures]
+        lines += [
+            f"Per client: DistDD {_bytes(s['bytes_distdd_per_client'])}, FedAvg-NAS "
+            f"{_bytes(s.get('bytes_fedavg_nas_per_client'))}.",
+            "",
+        ]
+    links = [f"![{k}]({figures[k]})" for k in ("communication", "history", "grid") if k in figures]
     if links:
         lines += [" ".join(links), ""]
     if s.get("storage"):

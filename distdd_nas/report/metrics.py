@@ -8,9 +8,12 @@ Cost compares two ways to pick an architecture for a federation:
 
 * **DistDD-based**: distil once + score every candidate on the distilled set (federated scoring
   sends each trained proxy model to the clients once) + real FedAvg for the validated few;
-* **FedAvg-based NAS**: one real FedAvg training per candidate. Measured for the validated
-  candidates; for the others extrapolated from their parameter count d with the bytes per
-  parameter per message the validation ledgers show: ``b · d · rounds · clients · 2``.
+* **FedAvg-based NAS**: one real FedAvg training per distinct candidate (duplicate trials are
+  not priced), at the rounds the validation trained — the rounds the accuracies are compared
+  at, never another number. Measured for the validated candidates; for the others computed
+  from their parameter count d with the bytes per parameter per message the validation ledgers
+  show: ``b · d · rounds · clients · 2``. Both sides include the full training of the chosen
+  model (validation trains it; FedAvg-NAS trains every candidate).
 
 ``break_even_candidates`` is the smallest number of candidates M for which the DistDD route
 sends fewer bytes: with D, V the distillation and validation bytes, s̄ the scoring bytes per
@@ -37,8 +40,10 @@ def _pair(proxy: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(proxy, dtype=float)
     y = np.asarray(truth, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
-        raise ConfigError(f"proxy scores {x.shape} and FedAvg accuracies {y.shape} must be two "
-                          "1-D arrays of the same length")
+        raise ConfigError(
+            f"proxy scores {x.shape} and FedAvg accuracies {y.shape} must be two "
+            "1-D arrays of the same length"
+        )
     return x, y
 
 
@@ -105,8 +110,9 @@ def ranking_metrics(
     }
 
 
-def break_even(fixed: float, per_candidate_distdd: float, per_candidate_fedavg: float
-               ) -> int | None:
+def break_even(
+    fixed: float, per_candidate_distdd: float, per_candidate_fedavg: float
+) -> int | None:
     """Smallest integer M >= 1 with M · fedavg > fixed + M · distdd (None if never)."""
     margin = per_candidate_fedavg - per_candidate_distdd
     if margin <= 0:
@@ -169,8 +175,9 @@ class CostComparison:
     def break_even_candidates(self) -> int | None:
         """Smallest M at which DistDD-based search sends fewer bytes (None: never)."""
         per = self.search_bytes / self.n_candidates if self.n_candidates else 0.0
-        return break_even(self.distill_bytes + self.validate_bytes, per,
-                          self.fedavg_bytes_per_candidate)
+        return break_even(
+            self.distill_bytes + self.validate_bytes, per, self.fedavg_bytes_per_candidate
+        )
 
     def break_even_candidates_time(self) -> int | None:
         """Smallest M at which DistDD-based search takes less wall time (None: never)."""
@@ -240,6 +247,58 @@ def bytes_per_parameter(
     return total / denom if denom > 0 else float("nan")
 
 
+def _directions(
+    trials: pd.DataFrame,
+    validation: pd.DataFrame,
+    distill_ledger: pd.DataFrame | None,
+    search_ledger: pd.DataFrame | None,
+) -> dict[str, dict[str, int]]:
+    """Measured up/down bytes per DistDD stage (distillation only when its ledger is given)."""
+    search = {"up": int(trials["bytes_up"].sum()), "down": int(trials["bytes_down"].sum())}
+    out = {
+        "search": _up_down(search_ledger) if search_ledger is not None else search,
+        "validate": {
+            "up": int(validation["bytes_up"].sum()),
+            "down": int(validation["bytes_down"].sum()),
+        },
+    }
+    if distill_ledger is not None:
+        out["distill"] = _up_down(distill_ledger)
+    return out
+
+
+def _fedavg_totals(
+    candidates: pd.DataFrame,
+    validation: pd.DataFrame,
+    *,
+    rounds: int,
+    clients_per_round: int,
+    ledger: pd.DataFrame | None,
+) -> tuple[float, float]:
+    """FedAvg bytes and seconds for every distinct candidate at ``rounds`` rounds: measured
+    for the validated ones, computed from parameter counts for the others."""
+    measured = validation.drop_duplicates("candidate_id").set_index("candidate_id")
+    b = bytes_per_parameter(
+        validation.drop_duplicates("candidate_id"),
+        rounds=rounds,
+        clients_per_round=clients_per_round,
+        ledger=ledger,
+    )
+    d_val = measured["num_parameters"].astype(float)
+    s_per = float(measured["wall_s"].sum()) / float(d_val.sum() * rounds * clients_per_round)
+    fed_bytes, fed_s = 0.0, 0.0
+    for _, row in candidates.iterrows():
+        cid = row["candidate_id"]
+        if cid in measured.index:
+            fed_bytes += float(measured.at[cid, "bytes_up"] + measured.at[cid, "bytes_down"])
+            fed_s += float(measured.at[cid, "wall_s"])
+        else:
+            d = float(row.get("num_parameters", 0) or 0) or float(d_val.mean())
+            fed_bytes += b * d * rounds * clients_per_round * 2
+            fed_s += s_per * d * rounds * clients_per_round
+    return fed_bytes, fed_s
+
+
 def communication_cost(
     *,
     trials: pd.DataFrame,
@@ -252,7 +311,6 @@ def communication_cost(
     distill_s: float = 0.0,
     validation_ledger: pd.DataFrame | None = None,
     search_ledger: pd.DataFrame | None = None,
-    validated_rounds: int | None = None,
 ) -> CostComparison:
     """Measured DistDD cost versus FedAvg-per-candidate cost of every searched candidate.
 
@@ -262,7 +320,8 @@ def communication_cost(
             and time count; the FedAvg side counts each distinct finished candidate once.
         validation: One row per validated candidate: ``candidate_id``, ``num_parameters``,
             ``bytes_up``, ``bytes_down``, ``wall_s`` of its real FedAvg run.
-        rounds: FedAvg rounds of a full training of one candidate (``fedavg.rounds``).
+        rounds: FedAvg rounds of one candidate's training: the rounds the validation ran (its
+            accuracies are what the ranking is judged on), so both sides use one number.
         clients_per_round: Clients selected per round (``max(1, round(fraction · clients))``).
         num_clients: Clients of the federation (per-client figures).
         distill_bytes: Distillation traffic, if no ``distill_ledger`` is given.
@@ -271,50 +330,34 @@ def communication_cost(
         validation_ledger: Concatenated validation ledgers with a ``candidate_id`` column
             (bytes per parameter from actual messages; optional).
         search_ledger: The search engine's ledger frame (up/down split; optional).
-        validated_rounds: Rounds the validation runs used when they differ from ``rounds``
-            (``validate.rounds``); their measured bytes and seconds are scaled to ``rounds``.
 
     Raises:
         ConfigError: Nothing validated, or neither distill_bytes nor distill_ledger given.
     """
     if len(validation) == 0:
-        raise ConfigError("cost extrapolation needs at least one validated candidate; set "
-                          "validate.top_k >= 1")
+        raise ConfigError(
+            "cost extrapolation needs at least one validated candidate; set validate.top_k >= 1"
+        )
     if distill_bytes is None and distill_ledger is None:
         raise ConfigError("pass distill_bytes or distill_ledger to communication_cost")
-    ran = validated_rounds or rounds
-    scale = rounds / ran
-    measured = validation.drop_duplicates("candidate_id").set_index("candidate_id")
-    b = bytes_per_parameter(validation.drop_duplicates("candidate_id"), rounds=ran,
-                            clients_per_round=clients_per_round, ledger=validation_ledger)
-    d_val = measured["num_parameters"].astype(float)
-    s_per = float(measured["wall_s"].sum()) / float(d_val.sum() * ran * clients_per_round)
-    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
-    candidates = finished.drop_duplicates("candidate_id")
-    fed_bytes, fed_s = 0.0, 0.0
-    for _, row in candidates.iterrows():
-        cid = row["candidate_id"]
-        if cid in measured.index:
-            fed_bytes += scale * float(measured.at[cid, "bytes_up"]
-                                       + measured.at[cid, "bytes_down"])
-            fed_s += scale * float(measured.at[cid, "wall_s"])
-            continue
-        d = float(row.get("num_parameters", 0) or 0) or float(d_val.mean())
-        fed_bytes += b * d * rounds * clients_per_round * 2
-        fed_s += s_per * d * rounds * clients_per_round
+    candidates = trials[trials["state"].isin(["COMPLETE", "PRUNED"])].drop_duplicates(
+        "candidate_id"
+    )
+    fed_bytes, fed_s = _fedavg_totals(
+        candidates,
+        validation,
+        rounds=rounds,
+        clients_per_round=clients_per_round,
+        ledger=validation_ledger,
+    )
     m = len(candidates)
-    distill = _up_down(distill_ledger) if distill_ledger is not None else None
-    search = {"up": int(trials["bytes_up"].sum()), "down": int(trials["bytes_down"].sum())}
-    if search_ledger is not None:
-        search = _up_down(search_ledger)
-    validate = {"up": int(validation["bytes_up"].sum()),
-                "down": int(validation["bytes_down"].sum())}
-    directions = {"search": search, "validate": validate}
-    if distill is not None:
-        directions["distill"] = distill
+    directions = _directions(trials, validation, distill_ledger, search_ledger)
+    distill = directions.get("distill")
+    search, validate = directions["search"], directions["validate"]
     return CostComparison(
-        distill_bytes=int(distill["up"] + distill["down"] if distill is not None
-                          else distill_bytes or 0),
+        distill_bytes=int(
+            distill["up"] + distill["down"] if distill is not None else distill_bytes or 0
+        ),
         search_bytes=search["up"] + search["down"],
         validate_bytes=validate["up"] + validate["down"],
         fedavg_bytes_per_candidate=fed_bytes / m if m else 0.0,

@@ -1,8 +1,8 @@
 """Search on the distilled set: spaces, candidates, the proxy objective, backends, ranking.
 
 Names are exported lazily (PEP 562), so importing one light submodule — NNI's dispatcher
-imports :mod:`distdd_nas.search.nni_tuner` — does not pay for torch, Optuna and pandas. The NNI
-backend lives in :mod:`distdd_nas.search.nni_backend` (``nni`` is an optional extra).
+imports :mod:`distdd_nas.search.backends.nni_tuner` — does not pay for torch, Optuna and pandas.
+The backends live in :mod:`distdd_nas.search.backends` (NNI's needs the optional ``nni`` extra).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _EXPORTS = {
     "save_proxy_inputs": "objective",
     "server_holdout": "objective",
     "split_server_holdout": "objective",
-    "OptunaBackend": "optuna_backend",
+    "OptunaBackend": "backends",
     "rank_trials": "ranking",
     "select_for_validation": "ranking",
     "simulated_fedavg": "simulate",

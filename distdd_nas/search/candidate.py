@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from distdd_nas.errors import SearchSpaceError
-from distdd_nas.fl.fedavg import FedAvgSettings
+from distdd_nas.fedavg.server import FedAvgSettings
 from distdd_nas.models import ArchSpec
 from distdd_nas.search.space import FIELDS, Value
 from distdd_nas.training import TrainSettings
@@ -38,14 +38,17 @@ def canonical_value(name: str, value: Any) -> Value:
     group, _, fld = name.partition(".")
     kind = FIELDS.get(group, {}).get(fld)
     if kind is None:
-        raise SearchSpaceError(f"parameter {name!r} is unknown; use arch.*, train.* or fedavg.* "
-                               "names (see distdd_nas.search.space.FIELDS)")
+        raise SearchSpaceError(
+            f"parameter {name!r} is unknown; use arch.*, train.* or fedavg.* "
+            "names (see distdd_nas.search.space.FIELDS)"
+        )
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(kind, tuple):
         if not isinstance(value, str):
-            raise SearchSpaceError(f"parameter {name!r} = {value!r} must be one of "
-                                   f"{', '.join(kind)}")
+            raise SearchSpaceError(
+                f"parameter {name!r} = {value!r} must be one of {', '.join(kind)}"
+            )
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SearchSpaceError(f"parameter {name!r} = {value!r} must be a number")
@@ -120,8 +123,11 @@ class Candidate:
 
     def resolved(self) -> dict[str, Any]:
         """Every value that determines what is trained (the basis of the id)."""
-        return {"arch": self.arch.to_dict(), "train": asdict(self.train),
-                "fedavg": dict(sorted(self.fedavg.items()))}
+        return {
+            "arch": self.arch.to_dict(),
+            "train": asdict(self.train),
+            "fedavg": dict(sorted(self.fedavg.items())),
+        }
 
     @property
     def candidate_id(self) -> str:
@@ -136,8 +142,11 @@ class Candidate:
 
     def fedavg_settings(self, base: FedAvgSettings) -> FedAvgSettings:
         """The study's FedAvg settings with this candidate's overrides applied."""
-        local: dict[str, Any] = {k: v for k, v in self.fedavg.items()
-                                 if k in ("lr", "batch_size", "momentum", "weight_decay")}
+        local: dict[str, Any] = {
+            k: v
+            for k, v in self.fedavg.items()
+            if k in ("lr", "batch_size", "momentum", "weight_decay")
+        }
         if "local_epochs" in self.fedavg:
             local["epochs"] = int(self.fedavg["local_epochs"])
         server: dict[str, Any] = {}
@@ -149,8 +158,11 @@ class Candidate:
 
     def describe(self) -> str:
         """Human-readable label: the model name plus any hyper-parameters."""
-        extra = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                 for k, v in self.params.items() if not k.startswith("arch.")]
+        extra = [
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in self.params.items()
+            if not k.startswith("arch.")
+        ]
         return " ".join([self.arch.short_name(), *extra])
 
     def __hash__(self) -> int:
@@ -185,15 +197,22 @@ class CandidateFactory:
     def reference_values(self, fedavg: FedAvgSettings | None = None) -> dict[str, Value]:
         """The reference candidate as ``group.field`` values (to enqueue it as first trial)."""
         values: dict[str, Value] = {f"arch.{k}": v for k, v in self.reference.to_dict().items()}
-        values.update({f"train.{k}": v for k, v in asdict(self.train).items()
-                       if k in FIELDS["train"]})
+        values.update(
+            {f"train.{k}": v for k, v in asdict(self.train).items() if k in FIELDS["train"]}
+        )
         if fedavg is not None:
             local = fedavg.local
-            values.update({"fedavg.lr": local.lr, "fedavg.local_epochs": local.epochs,
-                           "fedavg.batch_size": local.batch_size,
-                           "fedavg.momentum": local.momentum,
-                           "fedavg.weight_decay": local.weight_decay,
-                           "fedavg.server_lr": fedavg.server_lr, "fedavg.rounds": fedavg.rounds})
+            values.update(
+                {
+                    "fedavg.lr": local.lr,
+                    "fedavg.local_epochs": local.epochs,
+                    "fedavg.batch_size": local.batch_size,
+                    "fedavg.momentum": local.momentum,
+                    "fedavg.weight_decay": local.weight_decay,
+                    "fedavg.server_lr": fedavg.server_lr,
+                    "fedavg.rounds": fedavg.rounds,
+                }
+            )
         return values
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,8 +222,9 @@ class CandidateFactory:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CandidateFactory:
         """Inverse of :meth:`to_dict`."""
-        return cls(reference=ArchSpec.from_dict(data["reference"]),
-                   train=TrainSettings(**data["train"]))
+        return cls(
+            reference=ArchSpec.from_dict(data["reference"]), train=TrainSettings(**data["train"])
+        )
 
 
 __all__ = [

@@ -17,9 +17,9 @@ accuracy on the distilled set itself (free; asking the clients every epoch would
 Candidates with ``fedavg.*`` parameters are scored by **simulated FedAvg on the distilled set**
 (:mod:`distdd_nas.search.simulate`), reporting one intermediate value per round.
 
-:func:`save_proxy_inputs` writes everything an objective needs to files and returns an
-:class:`~distdd_nas.search.backends.ObjectiveRecipe`, so NNI trials (or extra Optuna workers)
-rebuild the identical objective in their own process with :func:`load_proxy_objective`.
+:mod:`distdd_nas.stages.proxy_files` writes everything an objective needs to files and returns
+an :class:`~distdd_nas.search.backends.ObjectiveRecipe`, so NNI trials (or extra Optuna workers)
+rebuild the identical objective in their own process.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,24 +36,24 @@ import torch
 
 from distdd_nas.data import ImageDataset, stratified_sample
 from distdd_nas.distill.result import DistilledSet
-from distdd_nas.errors import ArtifactError, ConfigError
+from distdd_nas.errors import ConfigError
+from distdd_nas.fedavg.server import FedAvgSettings
 from distdd_nas.federation import Engine, Message
-from distdd_nas.fl.fedavg import FedAvgSettings
 from distdd_nas.models import build_model, count_parameters, get_parameters, set_parameters
-from distdd_nas.search.backends import ObjectiveRecipe, Pruned, Reporter
+from distdd_nas.search.backends.base import Pruned, Reporter
 from distdd_nas.search.candidate import Candidate, CandidateFactory
 from distdd_nas.search.simulate import simulated_fedavg
 from distdd_nas.seeding import derive_seed, numpy_rng, torch_generator
-from distdd_nas.training import TrainSettings, evaluate_model, train_model
+from distdd_nas.training import evaluate_model, train_model
 
 SCORINGS = ("federated", "server_holdout")
-PROXY_FACTORY = "distdd_nas.search.objective:load_proxy_objective"
 
 
 def synthetic_dataset(distilled: DistilledSet, like: ImageDataset) -> ImageDataset:
     """The distilled set as an :class:`ImageDataset` with the real data's metadata."""
-    return ImageDataset(like.name, distilled.images, distilled.labels, like.classes, like.mean,
-                        like.std)
+    return ImageDataset(
+        like.name, distilled.images, distilled.labels, like.classes, like.mean, like.std
+    )
 
 
 def split_server_holdout(
@@ -111,19 +110,25 @@ class ProxyScorer:
     seeds: int = 1
     report_every: int | None = None
     virtual_examples: int | None = 2000
-    _rounds: Iterator[int] = field(default_factory=lambda: itertools.count(1), init=False,
-                                   repr=False)
+    _rounds: Iterator[int] = field(
+        default_factory=lambda: itertools.count(1), init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
-            raise ConfigError(f"unknown scoring {self.scoring!r}; use one of "
-                              f"{', '.join(SCORINGS)}")
+            raise ConfigError(
+                f"unknown scoring {self.scoring!r}; use one of {', '.join(SCORINGS)}"
+            )
         if self.scoring == "server_holdout" and (self.holdout is None or len(self.holdout) == 0):
-            raise ConfigError("server_holdout scoring needs a non-empty holdout set; pass "
-                              "split_server_holdout(test)[0]")
+            raise ConfigError(
+                "server_holdout scoring needs a non-empty holdout set; pass "
+                "split_server_holdout(test)[0]"
+            )
         if self.scoring == "federated" and self.engine is None:
-            raise ConfigError("federated scoring needs the study's engine; pass engine=... or "
-                              "use search.scoring = \"server_holdout\"")
+            raise ConfigError(
+                "federated scoring needs the study's engine; pass engine=... or "
+                'use search.scoring = "server_holdout"'
+            )
         if self.seeds < 1:
             raise ConfigError(f"seeds={self.seeds} is out of range; use an integer >= 1")
 
@@ -149,8 +154,12 @@ class ProxyScorer:
         return float(np.mean(scores))
 
     def _train_and_score(self, candidate: Candidate, seed: int, report: Reporter) -> float:
-        model = build_model(candidate.arch, input_shape=self.like.input_shape,
-                            num_classes=self.like.num_classes, seed=seed)
+        model = build_model(
+            candidate.arch,
+            input_shape=self.like.input_shape,
+            num_classes=self.like.num_classes,
+            seed=seed,
+        )
         epochs = candidate.train.epochs
         every = self.report_every or max(1, epochs // 10)
         images, labels = self.distilled.images, self.distilled.labels
@@ -164,14 +173,22 @@ class ProxyScorer:
                     value = evaluate_model(net, images, labels)[1]
                 report(epoch + 1, float(value))
 
-        train_model(model, images, labels, settings=candidate.train,
-                    generator=torch_generator(seed, "proxy", "order"), on_epoch=on_epoch)
+        train_model(
+            model,
+            images,
+            labels,
+            settings=candidate.train,
+            generator=torch_generator(seed, "proxy", "order"),
+            on_epoch=on_epoch,
+        )
         return self.score_model(model, candidate=candidate)
 
     def _simulated_fedavg(self, candidate: Candidate, seed: int, report: Reporter) -> float:
         if self.client_class_counts is None:
-            raise ConfigError("fedavg.* candidates need the clients' class counts; pass "
-                              "client_class_counts=DistillResult.client_class_counts")
+            raise ConfigError(
+                "fedavg.* candidates need the clients' class counts; pass "
+                "client_class_counts=DistillResult.client_class_counts"
+            )
         synthetic = self.synthetic
         test = self.holdout if self.scoring == "server_holdout" else synthetic
 
@@ -180,14 +197,23 @@ class ProxyScorer:
                 report(int(row["round"]), float(row["test_accuracy"]))
 
         result = simulated_fedavg(
-            arch=candidate.arch, synthetic=synthetic, counts=self.client_class_counts,
-            settings=candidate.fedavg_settings(self.fedavg), test=test or synthetic, seed=seed,
-            total=self.virtual_examples, on_round=on_round,
+            arch=candidate.arch,
+            synthetic=synthetic,
+            counts=self.client_class_counts,
+            settings=candidate.fedavg_settings(self.fedavg),
+            test=test or synthetic,
+            seed=seed,
+            total=self.virtual_examples,
+            on_round=on_round,
         )
         if self.scoring == "server_holdout":
             return float(result.test_accuracy)
-        model = build_model(candidate.arch, input_shape=self.like.input_shape,
-                            num_classes=self.like.num_classes, seed=0)
+        model = build_model(
+            candidate.arch,
+            input_shape=self.like.input_shape,
+            num_classes=self.like.num_classes,
+            seed=0,
+        )
         set_parameters(model, result.parameters)
         return self.score_model(model, candidate=candidate)
 
@@ -201,17 +227,22 @@ class ProxyScorer:
             assert self.holdout is not None
             return float(evaluate_model(model, self.holdout.images, self.holdout.labels)[1])
         assert self.engine is not None
-        msg = Message(arrays=get_parameters(model),
-                      config={"arch": json.dumps(candidate.arch.to_dict(), sort_keys=True)})
+        msg = Message(
+            arrays=get_parameters(model),
+            config={"arch": json.dumps(candidate.arch.to_dict(), sort_keys=True)},
+        )
         replies = self.engine.run_round(
-            "evaluate", dict.fromkeys(range(self.engine.num_clients), msg),
+            "evaluate",
+            dict.fromkeys(range(self.engine.num_clients), msg),
             round=next(self._rounds),
         )
         n = sum(int(r.config["num_examples"]) for r in replies.values())
         if n == 0:
-            raise ConfigError("federated scoring got no holdout example from the clients; set "
-                              "partition.holdout_fraction > 0 or search.scoring = "
-                              "\"server_holdout\"")
+            raise ConfigError(
+                "federated scoring got no holdout example from the clients; set "
+                "partition.holdout_fraction > 0 or search.scoring = "
+                '"server_holdout"'
+            )
         return sum(int(r.config["correct"]) for r in replies.values()) / n
 
 
@@ -241,8 +272,11 @@ class ProxyObjective:
         start = time.perf_counter()
         value = self.scorer(candidate, report)
         with torch.device("meta"):
-            net = build_model(candidate.arch, input_shape=self.scorer.like.input_shape,
-                              num_classes=self.scorer.like.num_classes)
+            net = build_model(
+                candidate.arch,
+                input_shape=self.scorer.like.input_shape,
+                num_classes=self.scorer.like.num_classes,
+            )
         attrs: dict[str, Any] = {
             "candidate_id": candidate.candidate_id,
             "model": candidate.arch.short_name(),
@@ -254,121 +288,12 @@ class ProxyObjective:
         return value, attrs
 
 
-def save_proxy_inputs(
-    directory: str | Path,
-    *,
-    objective: ProxyObjective,
-    study_config: Mapping[str, Any] | None = None,
-) -> ObjectiveRecipe:
-    """Write what ``objective`` needs to ``directory``; return the recipe that rebuilds it.
-
-    Files: ``synthetic.npz`` (the distilled set), ``holdout.npz`` (server holdout, if any),
-    ``proxy.json`` (metadata, settings, class counts, and for federated scoring the study
-    config from which a trial process rebuilds the clients and an in-process engine).
-
-    Raises:
-        ConfigError: Federated scoring without ``study_config``.
-    """
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    s = objective.scorer
-    if s.scoring == "federated" and study_config is None:
-        raise ConfigError("a portable federated objective needs the study config (to rebuild "
-                          "the clients in the trial process); pass study_config=config.to_dict()")
-    arrays: dict[str, Any] = s.distilled.to_arrays()
-    np.savez(directory / "synthetic.npz", **arrays)
-    if s.holdout is not None:
-        np.savez(directory / "holdout.npz", images=s.holdout.images.numpy(),
-                 labels=s.holdout.labels.numpy())
-    counts = s.client_class_counts
-    meta = {
-        "like": {"name": s.like.name, "classes": list(s.like.classes), "mean": list(s.like.mean),
-                 "std": list(s.like.std)},
-        "scoring": s.scoring,
-        "holdout": s.holdout is not None,
-        "client_class_counts": None if counts is None else np.asarray(counts).tolist(),
-        "fedavg": {**asdict(s.fedavg), "local": asdict(s.fedavg.local)},
-        "seed": s.seed,
-        "seeds": s.seeds,
-        "report_every": s.report_every,
-        "virtual_examples": s.virtual_examples,
-        "candidates": objective.candidates.to_dict(),
-        "study_config": dict(study_config) if s.scoring == "federated" and study_config else None,
-    }
-    path = directory / "proxy.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
-    return ObjectiveRecipe(factory=PROXY_FACTORY, kwargs={"path": str(path)})
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing; re-run the search so the backend rewrites its "
-                            "inputs")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
-def load_proxy_objective(*, path: str) -> ProxyObjective:
-    """Rebuild the :class:`ProxyObjective` written by :func:`save_proxy_inputs`.
-
-    Raises:
-        ArtifactError: A file is missing or malformed.
-    """
-    meta_path = Path(path)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"cannot read proxy inputs {meta_path} ({err}); re-run the "
-                            "search") from None
-    distilled = DistilledSet.from_arrays(_load_npz(meta_path.parent / "synthetic.npz"))
-    like_meta = meta["like"]
-    like = ImageDataset(like_meta["name"], distilled.images, distilled.labels,
-                        tuple(like_meta["classes"]), tuple(like_meta["mean"]),
-                        tuple(like_meta["std"]))
-    holdout = None
-    if meta["holdout"]:
-        arrays = _load_npz(meta_path.parent / "holdout.npz")
-        holdout = replace(like, images=torch.from_numpy(arrays["images"]),
-                          labels=torch.from_numpy(arrays["labels"]))
-    engine = None
-    if meta["scoring"] == "federated":
-        engine = _engine_from_config(meta["study_config"])
-    fed = dict(meta["fedavg"])
-    fed["local"] = TrainSettings(**fed["local"])
-    counts = meta["client_class_counts"]
-    scorer = ProxyScorer(
-        distilled=distilled, like=like, scoring=meta["scoring"], holdout=holdout, engine=engine,
-        client_class_counts=None if counts is None else np.asarray(counts, dtype=np.int64),
-        fedavg=FedAvgSettings(**fed), seed=int(meta["seed"]), seeds=int(meta["seeds"]),
-        report_every=meta["report_every"], virtual_examples=meta["virtual_examples"],
-    )
-    return ProxyObjective(scorer=scorer, candidates=CandidateFactory.from_dict(meta["candidates"]))
-
-
-def _engine_from_config(config: Mapping[str, Any]) -> Engine:
-    """The study's clients behind an in-process engine (federated scoring in a trial process)."""
-    from distdd_nas.config import from_dict
-    from distdd_nas.federation import InProcessEngine
-    from distdd_nas.federation.registry import default_tasks
-    from distdd_nas.federation.setup import build_federation
-
-    study = from_dict(config, source="proxy inputs")
-    fed = build_federation(study)
-    return InProcessEngine(clients=fed.clients, tasks=default_tasks(),
-                           failure_rate=study.federation.failure_rate, seed=study.study.seed)
-
-
 __all__ = [
-    "PROXY_FACTORY",
     "SCORINGS",
     "ProxyObjective",
     "ProxyScorer",
     "Pruned",
     "Reporter",
-    "load_proxy_objective",
-    "save_proxy_inputs",
     "server_holdout",
     "split_server_holdout",
     "synthetic_dataset",

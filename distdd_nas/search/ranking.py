@@ -42,10 +42,13 @@ def select_for_validation(
         ConfigError: ``top_k`` < 1 or ``n_random`` < 0.
     """
     if top_k < 1 or n_random < 0:
-        raise ConfigError(f"top_k={top_k}, n_random={n_random} are out of range; use top_k >= 1 "
-                          "and n_random >= 0")
-    ranked = ranking.sort_values("proxy_rank", kind="stable") if "proxy_rank" in ranking \
-        else ranking
+        raise ConfigError(
+            f"top_k={top_k}, n_random={n_random} are out of range; use top_k >= 1 "
+            "and n_random >= 0"
+        )
+    ranked = (
+        ranking.sort_values("proxy_rank", kind="stable") if "proxy_rank" in ranking else ranking
+    )
     top = ranked.head(top_k).assign(selected_as="top")
     rest = ranked.iloc[top_k:]
     k = min(n_random, len(rest))

@@ -3,7 +3,7 @@
 The server knows every client's class counts from the distillation messages
 (``DistillResult.client_class_counts``). It builds one *virtual client* per real client, holding
 synthetic images of the same classes in the same proportions, and runs the real FedAvg code
-(:func:`distdd_nas.fl.fedavg.run_fedavg`) over an :class:`~distdd_nas.federation.InProcessEngine`
+(:func:`distdd_nas.fedavg.run_fedavg`) over an :class:`~distdd_nas.federation.InProcessEngine`
 on these virtual clients. No byte crosses the real network: the virtual engine's ledger is its
 own and is not part of any study's communication figures.
 
@@ -22,9 +22,9 @@ import numpy as np
 
 from distdd_nas.data import ImageDataset
 from distdd_nas.errors import ConfigError
+from distdd_nas.fedavg.server import FedAvgResult, FedAvgSettings, run_fedavg
+from distdd_nas.fedavg.tasks import evaluate, local_train
 from distdd_nas.federation import ClientData, InProcessEngine
-from distdd_nas.fl.fedavg import FedAvgResult, FedAvgSettings, run_fedavg
-from distdd_nas.fl.tasks import evaluate, local_train
 from distdd_nas.models import ArchSpec
 from distdd_nas.seeding import numpy_rng
 
@@ -50,8 +50,10 @@ def virtual_counts(counts: np.ndarray, *, total: int | None = None) -> np.ndarra
     """
     counts = np.asarray(counts)
     if counts.ndim != 2 or (counts < 0).any() or not np.issubdtype(counts.dtype, np.integer):
-        raise ConfigError("client class counts must be a clients × classes matrix of "
-                          "non-negative integers (DistillResult.client_class_counts)")
+        raise ConfigError(
+            "client class counts must be a clients × classes matrix of "
+            "non-negative integers (DistillResult.client_class_counts)"
+        )
     real = int(counts.sum())
     if total is not None and total < 1:
         raise ConfigError(f"virtual total {total} is out of range; use None or an integer >= 1")
@@ -78,11 +80,7 @@ def virtual_counts(counts: np.ndarray, *, total: int | None = None) -> np.ndarra
 
 
 def virtual_clients(
-    synthetic: ImageDataset,
-    counts: np.ndarray,
-    *,
-    seed: int,
-    total: int | None = None,
+    synthetic: ImageDataset, counts: np.ndarray, *, seed: int, total: int | None = None
 ) -> list[ClientData]:
     """Virtual clients on the synthetic set whose class mixtures mirror the real clients'.
 
@@ -95,8 +93,10 @@ def virtual_clients(
     """
     counts = np.asarray(counts)
     if counts.ndim != 2 or counts.shape[1] != synthetic.num_classes:
-        raise ConfigError(f"client class counts have shape {counts.shape}; expected clients × "
-                          f"{synthetic.num_classes} classes")
+        raise ConfigError(
+            f"client class counts have shape {counts.shape}; expected clients × "
+            f"{synthetic.num_classes} classes"
+        )
     plan = virtual_counts(counts, total=total)
     labels = synthetic.labels.numpy()
     by_class = [np.flatnonzero(labels == c) for c in range(synthetic.num_classes)]
@@ -107,13 +107,21 @@ def virtual_clients(
             if k == 0:
                 continue
             if len(by_class[c]) == 0:
-                raise ConfigError(f"client {cid} holds class {c} but the synthetic set has no "
-                                  "image of it; distil with every class")
+                raise ConfigError(
+                    f"client {cid} holds class {c} but the synthetic set has no "
+                    "image of it; distil with every class"
+                )
             order = numpy_rng(seed, "virtual", cid, c).permutation(by_class[c])
             parts.append(np.resize(order, int(k)))
         idx = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
-        clients.append(ClientData(cid=cid, dataset=synthetic, train_indices=idx.astype(np.int64),
-                                  holdout_indices=np.empty(0, dtype=np.int64)))
+        clients.append(
+            ClientData(
+                cid=cid,
+                dataset=synthetic,
+                train_indices=idx.astype(np.int64),
+                holdout_indices=np.empty(0, dtype=np.int64),
+            )
+        )
     return clients
 
 
@@ -144,10 +152,12 @@ def simulated_fedavg(
         The :class:`FedAvgResult` of the simulation (its bytes are virtual, not real traffic).
     """
     clients = virtual_clients(synthetic, counts, seed=seed, total=total)
-    engine = InProcessEngine(clients=clients, tasks={"local_train": local_train,
-                                                     "evaluate": evaluate}, seed=seed)
-    return run_fedavg(engine, arch=arch, test=test, settings=settings, seed=seed,
-                      on_round=on_round)
+    engine = InProcessEngine(
+        clients=clients, tasks={"local_train": local_train, "evaluate": evaluate}, seed=seed
+    )
+    return run_fedavg(
+        engine, arch=arch, test=test, settings=settings, seed=seed, on_round=on_round
+    )
 
 
 __all__ = ["simulated_fedavg", "virtual_clients", "virtual_counts"]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna.distributions as od
 
 from distdd_nas.errors import SearchSpaceError
@@ -45,19 +46,40 @@ Value = int | float | str | bool
 
 #: What each ``group.field`` accepts: "int", "float", or a tuple of allowed strings.
 FIELDS: Mapping[str, Mapping[str, str | tuple[str, ...]]] = {
-    "arch": {"family": FAMILIES, "depth": "int", "width": "int", "act": ACTIVATIONS,
-             "norm": NORMS, "pool": POOLS, "hidden": "int"},
-    "train": {"epochs": "int", "lr": "float", "momentum": "float", "weight_decay": "float",
-              "batch_size": "int"},
-    "fedavg": {"lr": "float", "local_epochs": "int", "batch_size": "int", "server_lr": "float",
-               "momentum": "float", "weight_decay": "float", "rounds": "int"},
+    "arch": {
+        "family": FAMILIES,
+        "depth": "int",
+        "width": "int",
+        "act": ACTIVATIONS,
+        "norm": NORMS,
+        "pool": POOLS,
+        "hidden": "int",
+    },
+    "train": {
+        "epochs": "int",
+        "lr": "float",
+        "momentum": "float",
+        "weight_decay": "float",
+        "batch_size": "int",
+    },
+    "fedavg": {
+        "lr": "float",
+        "local_epochs": "int",
+        "batch_size": "int",
+        "server_lr": "float",
+        "momentum": "float",
+        "weight_decay": "float",
+        "rounds": "int",
+    },
 }
 #: Backwards-compatible view: group → field names.
 GROUP_FIELDS: Mapping[str, tuple[str, ...]] = {g: tuple(f) for g, f in FIELDS.items()}
 TYPES = ("categorical", "int", "float")
-_KEYS = {"categorical": {"type", "choices"},
-         "int": {"type", "low", "high", "log", "step"},
-         "float": {"type", "low", "high", "log", "step"}}
+_KEYS = {
+    "categorical": {"type", "choices"},
+    "int": {"type", "low", "high", "log", "step"},
+    "float": {"type", "low", "high", "log", "step"},
+}
 _TOP_LEVEL = {"params", "fixed", "description"}
 
 
@@ -78,8 +100,9 @@ class Param:
         if self.type == "categorical":
             return od.CategoricalDistribution(list(self.choices))
         if self.type == "int":
-            return od.IntDistribution(int(self.low), int(self.high), log=self.log,
-                                      step=int(self.step or 1))
+            return od.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return od.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def to_nni(self) -> dict[str, Any]:
@@ -108,9 +131,29 @@ class Param:
         if self.step is not None:
             n = math.floor((self.high - self.low) / self.step + 1e-9) + 1
             return [round(self.low + i * self.step, 12) for i in range(n)]
-        raise SearchSpaceError(f"parameter {self.name!r} is a continuous float; the grid sampler "
-                               "needs categorical, int or stepped float parameters (add a step "
-                               "or choices, or use the tpe sampler)")
+        raise SearchSpaceError(
+            f"parameter {self.name!r} is a continuous float; the grid sampler "
+            "needs categorical, int or stepped float parameters (add a step "
+            "or choices, or use the tpe sampler)"
+        )
+
+    def sample(self, rng: np.random.Generator) -> Value:
+        """One value drawn uniformly from the distribution (log-uniformly when ``log``).
+
+        Stepped and integer parameters are drawn uniformly over their grid (log-scaled integers
+        log-uniformly, then rounded); the draw uses only ``rng``, so a seed fixes it.
+        """
+        if self.type == "categorical":
+            return self.choices[int(rng.integers(len(self.choices)))]
+        if self.type == "int" and self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+            return int(min(max(round(value), self.low), self.high))
+        if self.type == "int" or self.step is not None:
+            values = self.grid()
+            return values[int(rng.integers(len(values)))]
+        if self.log:
+            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return float(rng.uniform(self.low, self.high))
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a point of this parameter's distribution."""
@@ -146,8 +189,10 @@ class SearchSpace:
         """
         path = Path(path)
         if not path.is_file():
-            raise SearchSpaceError(f"search space {str(path)!r} not found; pass a file such as "
-                                   "search_spaces/convnet720.toml")
+            raise SearchSpaceError(
+                f"search space {str(path)!r} not found; pass a file such as "
+                "search_spaces/convnet720.toml"
+            )
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -164,8 +209,10 @@ class SearchSpace:
         """
         unknown = sorted(set(data) - _TOP_LEVEL)
         if unknown:
-            raise SearchSpaceError(f"space {name}: unknown table(s) {unknown}; use [params] "
-                                   "(searched) and [fixed] (constants)")
+            raise SearchSpaceError(
+                f"space {name}: unknown table(s) {unknown}; use [params] "
+                "(searched) and [fixed] (constants)"
+            )
         fixed: dict[str, Value] = {}
         params: list[Param] = []
         for key, spec in _flatten(data.get("params", {}), "params"):
@@ -175,8 +222,10 @@ class SearchSpace:
                 fixed[key] = _check_fixed(key, spec)
         for key, value in _flatten(data.get("fixed", {}), "fixed"):
             if isinstance(value, Mapping):
-                raise SearchSpaceError(f"fixed parameter {key!r} must be a plain value, not a "
-                                       "table; move it under [params] to search it")
+                raise SearchSpaceError(
+                    f"fixed parameter {key!r} must be a plain value, not a "
+                    "table; move it under [params] to search it"
+                )
             if key in fixed:
                 raise SearchSpaceError(f"parameter {key!r} is fixed twice; keep one")
             fixed[key] = _check_fixed(key, value)
@@ -184,8 +233,10 @@ class SearchSpace:
         if overlap:
             raise SearchSpaceError(f"parameter(s) {overlap} are both fixed and searched; keep one")
         if not params:
-            raise SearchSpaceError(f"space {name} searches no parameter; add a [params.<group>."
-                                   "<field>] table with a type")
+            raise SearchSpaceError(
+                f"space {name} searches no parameter; add a [params.<group>."
+                "<field>] table with a type"
+            )
         description = data.get("description", "")
         return cls(name=name, params=tuple(params), fixed=fixed, description=str(description))
 
@@ -238,6 +289,10 @@ class SearchSpace:
             out[p.name] = int(value) if p.type == "int" else value
         return out
 
+    def sample(self, rng: np.random.Generator) -> dict[str, Value]:
+        """One point drawn independently per parameter (see :meth:`Param.sample`)."""
+        return {p.name: p.sample(rng) for p in self.params}
+
     def to_dict(self) -> dict[str, Any]:
         """The space as a JSON/TOML-able dict (inverse of :meth:`from_dict`)."""
         params: dict[str, Any] = {}
@@ -288,12 +343,15 @@ def _check_name(name: str) -> str | tuple[str, ...]:
 def _check_value(name: str, kind: str | tuple[str, ...], value: Any, what: str) -> None:
     if isinstance(kind, tuple):
         if not isinstance(value, str) or value not in kind:
-            raise SearchSpaceError(f"parameter {name!r} has {what} {value!r}; use one of "
-                                   f"{', '.join(kind)}")
+            raise SearchSpaceError(
+                f"parameter {name!r} has {what} {value!r}; use one of {', '.join(kind)}"
+            )
     elif kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SearchSpaceError(f"parameter {name!r} needs integers but has {what} "
-                                   f"{value!r}; write whole numbers without a decimal point")
+            raise SearchSpaceError(
+                f"parameter {name!r} needs integers but has {what} "
+                f"{value!r}; write whole numbers without a decimal point"
+            )
     elif isinstance(value, bool) or not isinstance(value, int | float):
         raise SearchSpaceError(f"parameter {name!r} needs numbers but has {what} {value!r}")
 
@@ -308,27 +366,32 @@ def _parse_param(name: str, spec: Mapping[str, Any]) -> Param:
     kind = _check_name(name)
     dist = spec.get("type")
     if dist not in TYPES:
-        raise SearchSpaceError(f"parameter {name!r} has unknown type {dist!r}; use one of "
-                               f"{', '.join(TYPES)}")
+        raise SearchSpaceError(
+            f"parameter {name!r} has unknown type {dist!r}; use one of {', '.join(TYPES)}"
+        )
     extra = sorted(set(spec) - _KEYS[dist])
     if extra:
-        raise SearchSpaceError(f"parameter {name!r} ({dist}) has unknown key(s) {extra}; "
-                               f"allowed: {sorted(_KEYS[dist])}")
+        raise SearchSpaceError(
+            f"parameter {name!r} ({dist}) has unknown key(s) {extra}; "
+            f"allowed: {sorted(_KEYS[dist])}"
+        )
     if dist == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise SearchSpaceError(f"parameter {name!r} has empty or missing choices; list at "
-                                   "least one value")
+            raise SearchSpaceError(
+                f"parameter {name!r} has empty or missing choices; list at least one value"
+            )
         if len({(type(c), c) for c in choices}) != len(choices):
             raise SearchSpaceError(f"parameter {name!r} lists a choice twice; remove duplicates")
         for choice in choices:
             _check_value(name, kind, choice, "choice")
         return Param(name, dist, choices=tuple(choices))
     if isinstance(kind, tuple):
-        raise SearchSpaceError(f"parameter {name!r} takes names ({', '.join(kind)}); use type "
-                               "= \"categorical\"")
+        raise SearchSpaceError(
+            f'parameter {name!r} takes names ({", ".join(kind)}); use type = "categorical"'
+        )
     if kind == "int" and dist == "float":
-        raise SearchSpaceError(f"parameter {name!r} is an integer field; use type = \"int\"")
+        raise SearchSpaceError(f'parameter {name!r} is an integer field; use type = "int"')
     if "low" not in spec or "high" not in spec:
         raise SearchSpaceError(f"parameter {name!r} needs both low and high")
     low, high = spec["low"], spec["high"]
@@ -341,16 +404,21 @@ def _parse_param(name: str, spec: Mapping[str, Any]) -> Param:
         raise SearchSpaceError(f"parameter {name!r} has log = {log!r}; use true or false")
     step = spec.get("step")
     if log and low <= 0:
-        raise SearchSpaceError(f"parameter {name!r} is log-scaled but low={low} <= 0; use "
-                               "low > 0")
+        raise SearchSpaceError(f"parameter {name!r} is log-scaled but low={low} <= 0; use low > 0")
     if log and step is not None:
         raise SearchSpaceError(f"parameter {name!r} cannot have both log and step; keep one")
     if step is not None:
         _check_value(name, "int" if dist == "int" else "float", step, "step")
         if step <= 0:
             raise SearchSpaceError(f"parameter {name!r} has step={step}; use a positive step")
-    return Param(name, dist, low=float(low), high=float(high), log=log,
-                 step=None if step is None else float(step))
+    return Param(
+        name,
+        dist,
+        low=float(low),
+        high=float(high),
+        log=log,
+        step=None if step is None else float(step),
+    )
 
 
 __all__ = ["FIELDS", "GROUP_FIELDS", "TYPES", "Param", "SearchSpace", "Value"]

@@ -89,8 +89,9 @@ def test_digits_shapes_classes_and_stratified_split() -> None:
 def test_loading_is_deterministic_in_the_seed() -> None:
     a, b = load_dataset("digits", seed=3), load_dataset("digits", seed=3)
     c = load_dataset("digits", seed=4)
-    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels,
-                                                                          b.test.labels)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(
+        a.test.labels, b.test.labels
+    )
     assert not torch.equal(a.test.images, c.test.images)
 
 
@@ -109,8 +110,10 @@ def test_max_train_is_an_exact_stratified_seeded_subsample() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "imagenet"}, "unknown dataset 'imagenet'; set data.name to one of " +
-         ", ".join(DATASETS)),
+        (
+            {"name": "imagenet"},
+            "unknown dataset 'imagenet'; set data.name to one of " + ", ".join(DATASETS),
+        ),
         ({"name": "digits", "test_fraction": 0.0}, r"data.test_fraction=0.0 .*0 < f < 1"),
         ({"name": "digits", "test_fraction": 1.0}, r"data.test_fraction=1.0 .*0 < f < 1"),
         ({"name": "digits", "max_train": 0}, r"data.max_train=0 .*integer >= 1"),
@@ -133,13 +136,23 @@ def test_image_dataset_views_and_validation() -> None:
     with pytest.raises(DataError, match="one label per image"):
         data.with_labels(torch.zeros(3, dtype=torch.int64))
     with pytest.raises(DataError, match="images N×C×H×W"):
-        ImageDataset(name="x", images=torch.zeros(2, 8, 8),
-                     labels=torch.zeros(2, dtype=torch.long), classes=("a",), mean=(0.0,),
-                     std=(1.0,))
+        ImageDataset(
+            name="x",
+            images=torch.zeros(2, 8, 8),
+            labels=torch.zeros(2, dtype=torch.long),
+            classes=("a",),
+            mean=(0.0,),
+            std=(1.0,),
+        )
     with pytest.raises(DataError, match="one mean and one std per channel"):
-        ImageDataset(name="x", images=torch.zeros(2, 3, 8, 8),
-                     labels=torch.zeros(2, dtype=torch.long), classes=("a",), mean=(0.0,),
-                     std=(1.0,))
+        ImageDataset(
+            name="x",
+            images=torch.zeros(2, 3, 8, 8),
+            labels=torch.zeros(2, dtype=torch.long),
+            classes=("a",),
+            mean=(0.0,),
+            std=(1.0,),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,12 +199,14 @@ def test_fashion_mnist_from_root_in_each_layout(tmp_path: Path, layout: str) -> 
 def test_root_is_searched_before_the_system_directories(tmp_path: Path) -> None:
     ours = write_mnist_like(tmp_path / "root", gz=True, seed=1)
     write_mnist_like(tmp_path / "system", gz=True, seed=2)
-    splits = load_dataset("fashion_mnist", root=tmp_path / "root",
-                          system_dirs=[tmp_path / "system"])
+    splits = load_dataset(
+        "fashion_mnist", root=tmp_path / "root", system_dirs=[tmp_path / "system"]
+    )
     np.testing.assert_array_equal(raw_pixels(splits.train)[:, 0], ours["train"][0])
     fallback = write_mnist_like(tmp_path / "other-system", gz=False, seed=3)
-    splits = load_dataset("fashion_mnist", root=tmp_path / "empty",
-                          system_dirs=[tmp_path / "other-system"])
+    splits = load_dataset(
+        "fashion_mnist", root=tmp_path / "empty", system_dirs=[tmp_path / "other-system"]
+    )
     np.testing.assert_array_equal(raw_pixels(splits.test)[:, 0], fallback["t10k"][0])
 
 
@@ -269,8 +284,9 @@ def test_mnist_missing_names_root_and_fix(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_download_fetches_into_root_then_loads(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_fetches_into_root_then_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision.datasets as tvd
 
     calls = []
@@ -285,8 +301,9 @@ def test_download_fetches_into_root_then_loads(tmp_path: Path,
     assert len(splits.train) == 12
 
 
-def test_download_offline_is_a_data_error_with_the_fix(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_offline_is_a_data_error_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision.datasets as tvd
 
     def offline(*args: object, **kwargs: object) -> None:
@@ -323,19 +340,27 @@ def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.n
         (folder / name).write_bytes(pickle.dumps(obj))
         return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
 
-    table = [dump(n, {"data": d, "labels": lab.tolist()})
-             for n, d, lab in zip(names, data, labels, strict=True)]
+    table = [
+        dump(n, {"data": d, "labels": lab.tolist()})
+        for n, d, lab in zip(names, data, labels, strict=True)
+    ]
     meta = dump("batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
     monkeypatch.setattr(tvd.CIFAR10, "train_list", table[:5])
     monkeypatch.setattr(tvd.CIFAR10, "test_list", table[5:])
-    monkeypatch.setattr(tvd.CIFAR10, "meta",
-                        {"filename": meta[0], "key": "label_names", "md5": meta[1]})
-    return {"train_x": data[:5].reshape(10, 3, 32, 32), "train_y": labels[:5].reshape(-1),
-            "test_x": data[5].reshape(2, 3, 32, 32), "test_y": labels[5]}
+    monkeypatch.setattr(
+        tvd.CIFAR10, "meta", {"filename": meta[0], "key": "label_names", "md5": meta[1]}
+    )
+    return {
+        "train_x": data[:5].reshape(10, 3, 32, 32),
+        "train_y": labels[:5].reshape(-1),
+        "test_x": data[5].reshape(2, 3, 32, 32),
+        "test_y": labels[5],
+    }
 
 
-def test_cifar10_from_a_tiny_python_release(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar10_from_a_tiny_python_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     expected = write_cifar10(tmp_path, monkeypatch)
     splits = load_dataset("cifar10", root=tmp_path)
     assert splits.train.images.shape == (10, 3, 32, 32)

@@ -18,11 +18,16 @@ def world(num_clients: int = 10, per_class: int = 300) -> tuple[np.ndarray, Fede
     return labels, IidPartitioner(num_clients=num_clients).split(labels, seed=0)
 
 
-def noisy(labels: np.ndarray, split: FederatedSplit, **kwargs: object) -> tuple[
-    np.ndarray, NoiseRecord
-]:
-    args: dict = {"kind": "symmetric", "rate": 0.3, "client_fraction": 0.5, "num_classes": C,
-                  "seed": 7}
+def noisy(
+    labels: np.ndarray, split: FederatedSplit, **kwargs: object
+) -> tuple[np.ndarray, NoiseRecord]:
+    args: dict = {
+        "kind": "symmetric",
+        "rate": 0.3,
+        "client_fraction": 0.5,
+        "num_classes": C,
+        "seed": 7,
+    }
     args.update(kwargs)
     return apply_label_noise(labels, split, **args)
 
@@ -96,10 +101,15 @@ def test_none_and_zero_rate_change_nothing() -> None:
 
 
 def test_record_tables() -> None:
-    record = NoiseRecord(kind="pair", rate=0.2, noisy_clients=(1, 3),
-                         changed_per_client={1: 5, 3: 2})
-    assert record.to_dict() == {"kind": "pair", "rate": 0.2, "noisy_clients": [1, 3],
-                                "changed_per_client": {"1": 5, "3": 2}}
+    record = NoiseRecord(
+        kind="pair", rate=0.2, noisy_clients=(1, 3), changed_per_client={1: 5, 3: 2}
+    )
+    assert record.to_dict() == {
+        "kind": "pair",
+        "rate": 0.2,
+        "noisy_clients": [1, 3],
+        "changed_per_client": {"1": 5, "3": 2},
+    }
     frame = record.to_frame(4)
     assert frame.index.name == "client"
     assert frame["noisy"].tolist() == [False, True, False, True]

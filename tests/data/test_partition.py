@@ -239,8 +239,12 @@ def test_invalid_arguments_fail_at_construction(
 
 
 def test_make_partitioner_builds_each_method_with_its_arguments() -> None:
-    kwargs: dict[str, Any] = {"num_clients": 4, "alpha": 0.3, "min_size": 2,
-                              "classes_per_client": 3}
+    kwargs: dict[str, Any] = {
+        "num_clients": 4,
+        "alpha": 0.3,
+        "min_size": 2,
+        "classes_per_client": 3,
+    }
     assert make_partitioner("iid", **kwargs) == IidPartitioner(num_clients=4)
     assert make_partitioner("dirichlet", **kwargs) == DirichletPartitioner(
         num_clients=4, alpha=0.3, min_size=2
@@ -261,8 +265,7 @@ def test_make_partitioner_builds_each_method_with_its_arguments() -> None:
 def hand_split() -> tuple[np.ndarray, FederatedSplit]:
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 0])
     split = FederatedSplit(
-        client_indices=(np.array([0, 3, 6]), np.array([1, 2]), np.array([4, 5, 7])),
-        num_classes=4,
+        client_indices=(np.array([0, 3, 6]), np.array([1, 2]), np.array([4, 5, 7])), num_classes=4
     )
     return labels, split
 
@@ -289,18 +292,23 @@ def test_holdout_is_disjoint_complete_and_seeded() -> None:
     labels = balanced_labels()
     split = DirichletPartitioner(num_clients=8, alpha=0.5).split(labels, seed=0)
     train, held = split.holdout(0.2, seed=4)
-    for full, t, h in zip(split.client_indices, train.client_indices, held.client_indices,
-                          strict=True):
+    for full, t, h in zip(
+        split.client_indices, train.client_indices, held.client_indices, strict=True
+    ):
         assert np.intersect1d(t, h).size == 0
         np.testing.assert_array_equal(np.sort(np.concatenate([t, h])), full)
         assert len(h) == int(np.floor(0.2 * len(full) + 0.5))
         assert np.all(np.diff(t) > 0) and np.all(np.diff(h) > 0)
     again = split.holdout(0.2, seed=4)[1]
     other = split.holdout(0.2, seed=5)[1]
-    assert all(np.array_equal(a, b) for a, b in zip(held.client_indices, again.client_indices,
-                                                     strict=True))
-    assert not all(np.array_equal(a, b) for a, b in zip(held.client_indices, other.client_indices,
-                                                         strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(held.client_indices, again.client_indices, strict=True)
+    )
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(held.client_indices, other.client_indices, strict=True)
+    )
 
 
 def test_holdout_keeps_a_train_example_and_holds_one_out_when_it_can() -> None:

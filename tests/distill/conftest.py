@@ -11,8 +11,8 @@ import torch
 from distdd_nas.data import DatasetSplits, ImageDataset, load_dataset
 from distdd_nas.federation import ClientData, InProcessEngine
 from distdd_nas.federation.engine import ClientTask
-from distdd_nas.federation.registry import default_tasks
 from distdd_nas.models import ArchSpec
+from distdd_nas.study import default_tasks
 
 #: A tiny ConvNet for 8×8 digits: two blocks of width 8 (≈ 1.4k parameters).
 TINY = ArchSpec(depth=2, width=8)

@@ -117,9 +117,7 @@ def test_class_gradients_sends_only_held_classes_with_counts(digits: DatasetSpli
     assert reply.arrays["grads"].shape == (2, dim) and reply.arrays["grads"].dtype == np.float32
 
 
-def test_class_gradients_are_seeded_and_take_all_when_the_cap_binds(
-    digits: DatasetSplits,
-) -> None:
+def test_class_gradients_are_seeded_and_take_all_when_the_cap_binds(digits: DatasetSplits) -> None:
     (client,) = make_clients(digits.train, [np.arange(400)])
     take = np.full(10, 5)
     a = class_gradients(client, _request(TINY, take, seed=1)).arrays["grads"]

@@ -14,9 +14,9 @@ from distdd_nas.distill import DistillResult, centralized_engine, run_distill
 from distdd_nas.distill.client import class_gradients
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation import ClientData, Engine, Message
-from distdd_nas.federation.registry import default_tasks
 from distdd_nas.models import ArchSpec, build_model, get_parameters
 from distdd_nas.seeding import derive_seed, torch_generator
+from distdd_nas.study import default_tasks
 from tests.distill.conftest import TINY, iid_parts, label_skew_parts, make_engine
 
 #: Small but complete: 3 steps per iteration with 2 inner epochs in between.
@@ -114,10 +114,14 @@ def test_one_client_with_full_class_batches_equals_centralized_dc(digits: Datase
     engine = centralized_engine(train, np.arange(len(train)))
     result = distill(engine, train, settings)
     want = reference_dc(train, settings=settings, seed=0, arch=TINY)
-    assert (result.synthetic.images - want).abs().max() <= 1e-5
-    assert not torch.equal(
-        want, torch.randn(want.shape, generator=torch_generator(0, "distill", "init"))
-    )  # the images did move
+    init = torch.randn(want.shape, generator=torch_generator(0, "distill", "init"))
+    moved = float((want - init).abs().max())
+    gap = float((result.synthetic.images - want).abs().max())
+    # Float32 only: oneDNN picks convolution kernels by batch shape and CPU, and the two codes
+    # batch differently, so rounding differs (seen: 2e-4 here, 0 on other CPUs); a wrong
+    # algorithm would differ by the size of the move itself.
+    assert moved > 0.05
+    assert gap <= min(1e-3, 0.01 * moved)
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(digits: DatasetSplits) -> None:

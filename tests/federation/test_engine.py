@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from distdd_nas.errors import ConfigError, EngineError
+from distdd_nas.fedavg.server import run_fedavg
 from distdd_nas.federation import InProcessEngine, Message, select_clients
-from distdd_nas.federation.setup import build_federation
-from distdd_nas.fl.fedavg import run_fedavg
 from distdd_nas.models import build_model
-from distdd_nas.pipeline import fedavg_settings, make_engine, reference_arch
+from distdd_nas.study import Study, build_federation
 from tests.conftest import smoke
 
 
@@ -94,17 +93,14 @@ def test_fedavg_ledger_equals_analytical_count(fraction: float, norm: str) -> No
         f"federation.fraction={fraction}",
         f'model.norm="{norm}"',
     )
-    fed = build_federation(config)
-    engine = make_engine(config, fed)
+    study = Study(config)
+    fed = study.federation
+    engine = study.make_engine()
     result = run_fedavg(
-        engine,
-        arch=reference_arch(config),
-        test=fed.test,
-        settings=fedavg_settings(config),
-        seed=0,
+        engine, arch=study.reference, test=fed.test, settings=study.fedavg_settings, seed=0
     )
     model = build_model(
-        reference_arch(config), input_shape=fed.train.input_shape, num_classes=fed.num_classes
+        study.reference, input_shape=fed.train.input_shape, num_classes=fed.num_classes
     )
     param_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     per_round = max(1, int(np.floor(fraction * fed.num_clients + 0.5)))
@@ -120,10 +116,10 @@ def test_fedavg_ledger_equals_analytical_count(fraction: float, norm: str) -> No
 
 
 def test_fedavg_excludes_a_nan_client_and_stays_finite() -> None:
-    from distdd_nas.fl.tasks import local_train
+    from distdd_nas.fedavg.tasks import local_train
 
-    config = smoke("fedavg.rounds=2")
-    fed = build_federation(config)
+    study = Study(smoke("fedavg.rounds=2"))
+    fed = study.federation
 
     def poisoned(client, msg):  # type: ignore[no-untyped-def]
         reply = local_train(client, msg)
@@ -137,11 +133,7 @@ def test_fedavg_excludes_a_nan_client_and_stays_finite() -> None:
 
     engine = InProcessEngine(clients=fed.clients, tasks={"local_train": poisoned})
     result = run_fedavg(
-        engine,
-        arch=reference_arch(config),
-        test=fed.test,
-        settings=fedavg_settings(config),
-        seed=0,
+        engine, arch=study.reference, test=fed.test, settings=study.fedavg_settings, seed=0
     )
     assert result.history["rejected"].tolist() == [1, 1]
     assert all(np.isfinite(v).all() for v in result.parameters.values())

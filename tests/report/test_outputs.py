@@ -44,13 +44,22 @@ def test_figures_render_and_save(tmp_path: Path) -> None:
     fig = proxy_vs_fedavg_figure(v)
     assert isinstance(fig, Figure)
     assert "Kendall τ = 1.00" in " ".join(t.get_text() for t in fig.axes[0].texts)
-    cost = communication_cost(trials=trials(), validation=validation(), rounds=5,
-                              clients_per_round=3, num_clients=4, distill_bytes=10**6)
+    cost = communication_cost(
+        trials=trials(),
+        validation=validation(),
+        rounds=5,
+        clients_per_round=3,
+        num_clients=4,
+        distill_bytes=10**6,
+    )
     comm = communication_figure(cost)
     assert comm.axes[0].get_yscale() == "log"
     assert len(comm.axes[0].patches) == 5
-    hist = history_figure(trials().assign(value=[0.1, 0.5, 0.3, 0.2, np.nan],
-                                          reference=[True, False, False, False, False]))
+    hist = history_figure(
+        trials().assign(
+            value=[0.1, 0.5, 0.3, 0.2, np.nan], reference=[True, False, False, False, False]
+        )
+    )
     best = hist.axes[0].lines[0].get_ydata()
     assert list(best) == [0.1, 0.5, 0.5, 0.5]
     for name, f in {"a": fig, "b": comm, "c": hist}.items():
@@ -71,12 +80,24 @@ def test_image_grid_is_denormalised() -> None:
 
 def test_render_markdown() -> None:
     v = validation().assign(selected_as=["top", "control"], proxy_rank=[1, 2])
-    cost = communication_cost(trials=trials(), validation=validation(), rounds=5,
-                              clients_per_round=3, num_clients=4, distill_bytes=10**6)
-    summary = study_summary(validation=v, cost=cost, n_trials=5, top_k=1,
-                            extra={"storage": "sqlite:///x.db"})
-    text = render_markdown(summary, validation=v, ranking=v.assign(proxy_score=[0.6, 0.8]),
-                           title="smoke", description="a test")
+    cost = communication_cost(
+        trials=trials(),
+        validation=validation(),
+        rounds=5,
+        clients_per_round=3,
+        num_clients=4,
+        distill_bytes=10**6,
+    )
+    summary = study_summary(
+        validation=v, cost=cost, n_trials=5, top_k=1, extra={"storage": "sqlite:///x.db"}
+    )
+    text = render_markdown(
+        summary,
+        validation=v,
+        ranking=v.assign(proxy_score=[0.6, 0.8]),
+        title="smoke",
+        description="a test",
+    )
     assert text.startswith("# smoke\n\na test")
     assert "Kendall τ = 1.000" in text
     be = summary["break_even_candidates"]
@@ -88,5 +109,4 @@ def test_render_markdown() -> None:
     assert "![proxy vs FedAvg](proxy_vs_fedavg.png)" in text
     assert "optuna-dashboard sqlite:///x.db" in text
     with pytest.raises(KeyError, match="comm_ratio"):
-        render_markdown({k: val for k, val in summary.items() if k != "comm_ratio"},
-                        validation=v)
+        render_markdown({k: val for k, val in summary.items() if k != "comm_ratio"}, validation=v)

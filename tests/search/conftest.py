@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from distdd_nas.distill.result import DistilledSet
+from distdd_nas.fedavg.server import FedAvgSettings
 from distdd_nas.federation import InProcessEngine
-from distdd_nas.federation.registry import default_tasks
-from distdd_nas.federation.setup import Federation, build_federation
-from distdd_nas.fl.fedavg import FedAvgSettings
 from distdd_nas.models import ArchSpec
 from distdd_nas.search.candidate import CandidateFactory
 from distdd_nas.search.objective import ProxyObjective, ProxyScorer, split_server_holdout
 from distdd_nas.search.space import SearchSpace
+from distdd_nas.study import Federation, build_federation, default_tasks
 from distdd_nas.training import TrainSettings
 from tests.conftest import smoke
 
@@ -41,8 +40,9 @@ def federation() -> Federation:
 def distilled(federation: Federation) -> DistilledSet:
     labels = federation.train.labels.numpy()
     idx = np.concatenate([np.flatnonzero(labels == c)[:3] for c in range(10)])
-    return DistilledSet(federation.train.images[idx].clone(),
-                        federation.train.labels[idx].clone(), 10)
+    return DistilledSet(
+        federation.train.images[idx].clone(), federation.train.labels[idx].clone(), 10
+    )
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +52,10 @@ def counts(federation: Federation) -> np.ndarray:
 
 @pytest.fixture
 def factory() -> CandidateFactory:
-    return CandidateFactory(reference=ArchSpec(depth=2, width=8),
-                            train=TrainSettings(epochs=6, lr=0.01, momentum=0.9, batch_size=32))
+    return CandidateFactory(
+        reference=ArchSpec(depth=2, width=8),
+        train=TrainSettings(epochs=6, lr=0.01, momentum=0.9, batch_size=32),
+    )
 
 
 @pytest.fixture
@@ -68,24 +70,42 @@ def fedavg_base() -> FedAvgSettings:
 
 @pytest.fixture
 def holdout_scorer(
-    federation: Federation, distilled: DistilledSet, counts: np.ndarray,
+    federation: Federation,
+    distilled: DistilledSet,
+    counts: np.ndarray,
     fedavg_base: FedAvgSettings,
 ) -> ProxyScorer:
     holdout, _ = split_server_holdout(federation.test, seed=0)
-    return ProxyScorer(distilled=distilled, like=federation.train, scoring="server_holdout",
-                       holdout=holdout, client_class_counts=counts, fedavg=fedavg_base, seed=0,
-                       virtual_examples=200)
+    return ProxyScorer(
+        distilled=distilled,
+        like=federation.train,
+        scoring="server_holdout",
+        holdout=holdout,
+        client_class_counts=counts,
+        fedavg=fedavg_base,
+        seed=0,
+        virtual_examples=200,
+    )
 
 
 @pytest.fixture
 def federated_scorer(
-    federation: Federation, distilled: DistilledSet, counts: np.ndarray,
+    federation: Federation,
+    distilled: DistilledSet,
+    counts: np.ndarray,
     fedavg_base: FedAvgSettings,
 ) -> ProxyScorer:
     engine = InProcessEngine(clients=federation.clients, tasks=default_tasks())
-    return ProxyScorer(distilled=distilled, like=federation.train, scoring="federated",
-                       engine=engine, client_class_counts=counts, fedavg=fedavg_base, seed=0,
-                       virtual_examples=200)
+    return ProxyScorer(
+        distilled=distilled,
+        like=federation.train,
+        scoring="federated",
+        engine=engine,
+        client_class_counts=counts,
+        fedavg=fedavg_base,
+        seed=0,
+        virtual_examples=200,
+    )
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from distdd_nas.search.backends import (
     SearchBackend,
     create_backend,
 )
-from distdd_nas.search.objective import ProxyObjective, save_proxy_inputs
+from distdd_nas.search.objective import ProxyObjective
 from distdd_nas.search.space import SearchSpace
+from distdd_nas.stages.proxy_files import save_proxy_inputs
 from tests.search.conftest import REFERENCE
 
 N_TRIALS = 3
@@ -37,9 +38,18 @@ def recipe(holdout_objective: ProxyObjective, tmp_path: Path) -> ObjectiveRecipe
 def make(name: str, space: SearchSpace, workdir: Path, seed: int = 0) -> SearchBackend:
     if name == "nni":
         pytest.importorskip("nni")
-    return create_backend(name, space=space, storage=None, study_name="contract",
-                          sampler="random", pruner="none", seed=seed, workdir=workdir,
-                          reference=REFERENCE, trial_timeout_s=120)
+    return create_backend(
+        name,
+        space=space,
+        storage=None,
+        study_name="contract",
+        sampler="random",
+        pruner="none",
+        seed=seed,
+        workdir=workdir,
+        reference=REFERENCE,
+        trial_timeout_s=120,
+    )
 
 
 @pytest.mark.parametrize("name", BACKENDS)

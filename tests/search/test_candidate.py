@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from distdd_nas.errors import ConfigError, SearchSpaceError
-from distdd_nas.fl.fedavg import FedAvgSettings
+from distdd_nas.fedavg.server import FedAvgSettings
 from distdd_nas.models import ArchSpec
 from distdd_nas.search.candidate import Candidate, CandidateFactory, params_from_row
 from distdd_nas.training import TrainSettings
@@ -38,10 +38,13 @@ def test_candidate_id_is_stable_and_canonical(factory: CandidateFactory) -> None
 def test_trial_params_and_table_rows_build_the_same_candidate(
     factory: CandidateFactory, tmp_path: Path
 ) -> None:
-    params = [{"arch.depth": 1, "arch.width": 4, "arch.act": "relu"},
-              {"arch.depth": 2, "arch.act": "sigmoid", "fedavg.lr": 0.05}]
-    rows = [{"number": i, **{f"params_{k}": v for k, v in p.items()}}
-            for i, p in enumerate(params)]
+    params = [
+        {"arch.depth": 1, "arch.width": 4, "arch.act": "relu"},
+        {"arch.depth": 2, "arch.act": "sigmoid", "fedavg.lr": 0.05},
+    ]
+    rows = [
+        {"number": i, **{f"params_{k}": v for k, v in p.items()}} for i, p in enumerate(params)
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
     table = pd.read_csv(tmp_path / "trials.csv")  # NaN holes, ints read back as floats
     for p, (_, row) in zip(params, table.iterrows(), strict=True):
@@ -50,10 +53,18 @@ def test_trial_params_and_table_rows_build_the_same_candidate(
 
 
 def test_fedavg_overrides(factory: CandidateFactory) -> None:
-    base = FedAvgSettings(rounds=5, local=TrainSettings(epochs=1, lr=0.05, batch_size=32),
-                          server_lr=1.0)
-    c = factory({"fedavg.lr": 0.2, "fedavg.local_epochs": 3, "fedavg.batch_size": 16,
-                 "fedavg.server_lr": 0.5, "fedavg.rounds": 2})
+    base = FedAvgSettings(
+        rounds=5, local=TrainSettings(epochs=1, lr=0.05, batch_size=32), server_lr=1.0
+    )
+    c = factory(
+        {
+            "fedavg.lr": 0.2,
+            "fedavg.local_epochs": 3,
+            "fedavg.batch_size": 16,
+            "fedavg.server_lr": 0.5,
+            "fedavg.rounds": 2,
+        }
+    )
     assert c.is_fedavg
     s = c.fedavg_settings(base)
     assert (s.local.lr, s.local.epochs, s.local.batch_size) == (0.2, 3, 16)
@@ -78,8 +89,9 @@ def test_reference_values_round_trip(factory: CandidateFactory) -> None:
         ({"arch.act": "tanh"}, ConfigError, "act='tanh' is invalid"),
     ],
 )
-def test_bad_params(factory: CandidateFactory, params: dict[str, object], error: type,
-                    message: str) -> None:
+def test_bad_params(
+    factory: CandidateFactory, params: dict[str, object], error: type, message: str
+) -> None:
     with pytest.raises(error, match=message):
         factory(params)
 

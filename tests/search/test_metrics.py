@@ -35,9 +35,17 @@ def test_regret_and_overlap_by_hand() -> None:
 
 
 def test_break_even_formula() -> None:
-    cost = CostComparison(distill_bytes=1000, search_bytes=100, validate_bytes=500,
-                          fedavg_bytes_per_candidate=160.0, n_candidates=10, distill_s=1,
-                          search_s=1, validate_s=1, fedavg_s_per_candidate=1)
+    cost = CostComparison(
+        distill_bytes=1000,
+        search_bytes=100,
+        validate_bytes=500,
+        fedavg_bytes_per_candidate=160.0,
+        n_candidates=10,
+        distill_s=1,
+        search_s=1,
+        validate_s=1,
+        fedavg_s_per_candidate=1,
+    )
     # per-trial search 10 bytes; margin 150; fixed 1500 → M > 10 → 11.
     assert cost.break_even_candidates() == 11
     assert cost.distdd_bytes == 1600 and cost.fedavg_nas_bytes == 1600
@@ -47,11 +55,14 @@ def test_break_even_formula() -> None:
 
 
 def test_ranking_and_selection_are_deterministic() -> None:
-    trials = pd.DataFrame({
-        "number": range(8), "candidate_id": list("abcdefgg"),
-        "value": [0.5, 0.9, np.nan, 0.7, 0.1, 0.3, 0.2, 0.6],
-        "state": ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 5,
-    })
+    trials = pd.DataFrame(
+        {
+            "number": range(8),
+            "candidate_id": list("abcdefgg"),
+            "value": [0.5, 0.9, np.nan, 0.7, 0.1, 0.3, 0.2, 0.6],
+            "state": ["COMPLETE"] * 2 + ["FAIL"] + ["COMPLETE"] * 5,
+        }
+    )
     ranking = rank_trials(trials)
     assert ranking["candidate_id"].tolist() == ["b", "d", "g", "a", "f", "e"]
     assert ranking["proxy_rank"].tolist() == [1, 2, 3, 4, 5, 6]

@@ -15,10 +15,9 @@ pytestmark = [pytest.mark.nni, pytest.mark.timeout(60)]
 
 
 def test_reference_first_tuner_then_delegates(tiny_space: SearchSpace) -> None:
-    from distdd_nas.search.nni_tuner import ReferenceFirstTuner
+    from distdd_nas.search.backends.nni_tuner import ReferenceFirstTuner
 
-    history = [{"parameter": {"arch.depth": 1, "arch.width": 4, "arch.act": "relu"},
-                "value": 0.5}]
+    history = [{"parameter": {"arch.depth": 1, "arch.width": 4, "arch.act": "relu"}, "value": 0.5}]
     tuner = ReferenceFirstTuner(algorithm="tpe", seed=0, reference=REFERENCE, history=history)
     tuner.update_search_space(tiny_space.to_nni())
     assert tuner.generate_parameters(0) == REFERENCE
@@ -42,7 +41,7 @@ def test_reference_first_tuner_then_delegates(tiny_space: SearchSpace) -> None:
 
 
 def test_nni_backend_arguments(tiny_space: SearchSpace, tmp_path: Path) -> None:
-    from distdd_nas.search.nni_backend import NniBackend
+    from distdd_nas.search.backends.nni import NniBackend
 
     with pytest.raises(ConfigError, match="sampler 'gp' is not available with the NNI backend"):
         NniBackend(space=tiny_space, workdir=tmp_path, tuner="gp")

@@ -11,18 +11,12 @@ import torch
 from distdd_nas.distill.result import DistilledSet
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation import InProcessEngine
-from distdd_nas.federation.registry import default_tasks
-from distdd_nas.federation.setup import Federation
 from distdd_nas.models import build_model, get_parameters
 from distdd_nas.search.backends import Pruned
 from distdd_nas.search.candidate import CandidateFactory
-from distdd_nas.search.objective import (
-    ProxyObjective,
-    ProxyScorer,
-    load_proxy_objective,
-    save_proxy_inputs,
-    split_server_holdout,
-)
+from distdd_nas.search.objective import ProxyObjective, ProxyScorer, split_server_holdout
+from distdd_nas.stages.proxy_files import load_proxy_objective, save_proxy_inputs
+from distdd_nas.study import Federation, default_tasks
 from distdd_nas.training import evaluate_model
 from tests.conftest import smoke
 
@@ -32,10 +26,14 @@ def test_server_holdout_is_a_stratified_disjoint_half(federation: Federation) ->
     holdout, final = split_server_holdout(test, seed=0)
     assert len(holdout) + len(final) == len(test)
     assert abs(len(holdout) - len(test) / 2) <= 1
-    rows = {(*x.flatten().tolist(), int(y))
-            for x, y in zip(holdout.images, holdout.labels, strict=True)}
-    assert not any((*x.flatten().tolist(), int(y)) in rows
-                   for x, y in zip(final.images, final.labels, strict=True))
+    rows = {
+        (*x.flatten().tolist(), int(y))
+        for x, y in zip(holdout.images, holdout.labels, strict=True)
+    }
+    assert not any(
+        (*x.flatten().tolist(), int(y)) in rows
+        for x, y in zip(final.images, final.labels, strict=True)
+    )
     share = np.bincount(holdout.labels.numpy(), minlength=10) / len(holdout)
     full = np.bincount(test.labels.numpy(), minlength=10) / len(test)
     assert np.abs(share - full).max() < 0.02
@@ -90,8 +88,9 @@ def test_federated_scoring_is_metered_and_pools_client_holdouts(
     correct = n = 0
     for client in federation.clients:
         idx = torch.as_tensor(client.holdout_indices)
-        _, acc, k = evaluate_model(trained["m"], client.dataset.images[idx],
-                                   client.dataset.labels[idx])
+        _, acc, k = evaluate_model(
+            trained["m"], client.dataset.images[idx], client.dataset.labels[idx]
+        )
         correct += round(acc * k)
         n += k
     assert value == correct / n
@@ -100,11 +99,19 @@ def test_federated_scoring_is_metered_and_pools_client_holdouts(
 def test_federated_scoring_needs_client_holdouts(
     federation: Federation, distilled: DistilledSet, factory: CandidateFactory
 ) -> None:
-    no_holdout = [type(c)(cid=c.cid, dataset=c.dataset, train_indices=c.train_indices,
-                          holdout_indices=np.empty(0, dtype=np.int64)) for c in federation.clients]
+    no_holdout = [
+        type(c)(
+            cid=c.cid,
+            dataset=c.dataset,
+            train_indices=c.train_indices,
+            holdout_indices=np.empty(0, dtype=np.int64),
+        )
+        for c in federation.clients
+    ]
     engine = InProcessEngine(clients=no_holdout, tasks=default_tasks())
-    scorer = ProxyScorer(distilled=distilled, like=federation.train, scoring="federated",
-                         engine=engine)
+    scorer = ProxyScorer(
+        distilled=distilled, like=federation.train, scoring="federated", engine=engine
+    )
     with pytest.raises(ConfigError, match="holdout_fraction > 0"):
         scorer(factory({"train.epochs": 1}), lambda s, v: None)
 
@@ -118,40 +125,42 @@ def test_scorer_validates_its_inputs(distilled: DistilledSet, federation: Federa
         ProxyScorer(distilled=distilled, like=federation.train, scoring="federated")
 
 
-def test_infeasible_candidate_raises_config_error(
-    holdout_objective: ProxyObjective,
-) -> None:
+def test_infeasible_candidate_raises_config_error(holdout_objective: ProxyObjective) -> None:
     with pytest.raises(ConfigError):  # four 2×2 poolings do not fit 8×8 inputs
         holdout_objective({"arch.depth": 4}, lambda s, v: None)
 
 
 def test_fedavg_candidates_use_simulated_fedavg(holdout_objective: ProxyObjective) -> None:
     steps: list[int] = []
-    value, attrs = holdout_objective({"arch.depth": 1, "arch.width": 4, "fedavg.lr": 0.1},
-                                     lambda s, v: steps.append(s))
+    value, attrs = holdout_objective(
+        {"arch.depth": 1, "arch.width": 4, "fedavg.lr": 0.1}, lambda s, v: steps.append(s)
+    )
     assert 0.0 <= value <= 1.0
     assert steps == [1, 2]  # one intermediate value per FedAvg round
     assert attrs["bytes_down"] == attrs["bytes_up"] == 0  # virtual clients: no real traffic
-    again, _ = holdout_objective({"arch.depth": 1, "arch.width": 4, "fedavg.lr": 0.1},
-                                 lambda s, v: None)
+    again, _ = holdout_objective(
+        {"arch.depth": 1, "arch.width": 4, "fedavg.lr": 0.1}, lambda s, v: None
+    )
     assert again == value
 
 
 def test_portable_objective_rebuilds_the_same_scores(
-    holdout_objective: ProxyObjective, federated_scorer: ProxyScorer, factory: CandidateFactory,
+    holdout_objective: ProxyObjective,
+    federated_scorer: ProxyScorer,
+    factory: CandidateFactory,
     tmp_path: Path,
 ) -> None:
     params = {"arch.depth": 1, "arch.width": 4, "arch.act": "sigmoid"}
     recipe = save_proxy_inputs(tmp_path / "holdout", objective=holdout_objective)
     rebuilt = recipe.build()
     assert isinstance(rebuilt, ProxyObjective)
-    assert rebuilt(params, lambda s, v: None)[0] == holdout_objective(params,
-                                                                      lambda s, v: None)[0]
+    assert rebuilt(params, lambda s, v: None)[0] == holdout_objective(params, lambda s, v: None)[0]
     federated = ProxyObjective(scorer=federated_scorer, candidates=factory)
     with pytest.raises(ConfigError, match="needs the study config"):
         save_proxy_inputs(tmp_path / "fed", objective=federated)
-    recipe = save_proxy_inputs(tmp_path / "fed", objective=federated,
-                               study_config=smoke().to_dict())
+    recipe = save_proxy_inputs(
+        tmp_path / "fed", objective=federated, study_config=smoke().to_dict()
+    )
     rebuilt = load_proxy_objective(**recipe.kwargs)
     v1, a1 = rebuilt(params, lambda s, v: None)
     v2, a2 = federated(params, lambda s, v: None)

@@ -12,14 +12,19 @@ import pytest
 
 from distdd_nas.errors import ConfigError, MissingDependencyError
 from distdd_nas.search.backends import Reporter, create_backend
-from distdd_nas.search.optuna_backend import OptunaBackend, make_sampler
+from distdd_nas.search.backends.optuna import OptunaBackend
+from distdd_nas.search.backends.optuna_samplers import make_sampler
 from distdd_nas.search.space import SearchSpace
 from tests.search.conftest import REFERENCE, TINY_SPACE
 
 pytestmark = pytest.mark.timeout(120)
 
-LR_SPACE = {"params": {"train.lr": {"type": "float", "low": 0.0, "high": 1.0},
-                       "arch.depth": {"type": "int", "low": 1, "high": 3}}}
+LR_SPACE = {
+    "params": {
+        "train.lr": {"type": "float", "low": 0.0, "high": 1.0},
+        "arch.depth": {"type": "int", "low": 1, "high": 3},
+    }
+}
 
 
 def toy(params: Mapping[str, Any], report: Reporter) -> tuple[float, dict[str, Any]]:
@@ -30,8 +35,14 @@ def toy(params: Mapping[str, Any], report: Reporter) -> tuple[float, dict[str, A
 
 def backend(path: Path, **kw: Any) -> OptunaBackend:
     space = SearchSpace.from_dict(kw.pop("space", LR_SPACE))
-    return OptunaBackend(space=space, storage=kw.pop("storage", f"sqlite:///{path / 'o.db'}"),
-                         study_name="s", sampler=kw.pop("sampler", "tpe"), seed=0, **kw)
+    return OptunaBackend(
+        space=space,
+        storage=kw.pop("storage", f"sqlite:///{path / 'o.db'}"),
+        study_name="s",
+        sampler=kw.pop("sampler", "tpe"),
+        seed=0,
+        **kw,
+    )
 
 
 class Interrupting:
@@ -83,8 +94,7 @@ def _killed_worker(db: str) -> None:
         return toy(params, report)
 
     space = SearchSpace.from_dict(LR_SPACE)
-    OptunaBackend(space=space, storage=db, study_name="s", seed=0).optimize(objective,
-                                                                            n_trials=5)
+    OptunaBackend(space=space, storage=db, study_name="s", seed=0).optimize(objective, n_trials=5)
 
 
 def test_killed_worker_leaves_a_trial_that_the_next_run_retries(tmp_path: Path) -> None:
@@ -98,7 +108,8 @@ def test_killed_worker_leaves_a_trial_that_the_next_run_retries(tmp_path: Path) 
     assert before["fail_reason"].iloc[2] == "worker died"
     calls: list[dict[str, Any]] = []
     table = backend(tmp_path, storage=db).optimize(
-        lambda p, r: (calls.append(dict(p)), toy(p, r))[1], n_trials=5)
+        lambda p, r: (calls.append(dict(p)), toy(p, r))[1], n_trials=5
+    )
     assert len(calls) == 3
     assert calls[0]["train.lr"] == before["params_train.lr"].iloc[2]
     assert (table["state"] == "COMPLETE").sum() == 5
@@ -109,8 +120,14 @@ def test_reference_is_the_first_trial_once(tmp_path: Path) -> None:
     objective = Interrupting(at=None)
 
     def run(n: int) -> Any:
-        b = OptunaBackend(space=space, storage=f"sqlite:///{tmp_path / 'r.db'}", study_name="r",
-                          sampler="random", seed=1, reference=REFERENCE)
+        b = OptunaBackend(
+            space=space,
+            storage=f"sqlite:///{tmp_path / 'r.db'}",
+            study_name="r",
+            sampler="random",
+            seed=1,
+            reference=REFERENCE,
+        )
         return b.optimize(lambda p, r: (p["arch.depth"] / 2, {}), n_trials=n)
 
     table = run(3)
@@ -125,8 +142,13 @@ def test_reference_is_the_first_trial_once(tmp_path: Path) -> None:
 def test_same_seed_same_trials(tmp_path: Path) -> None:
     tables = []
     for name in ("a", "b"):
-        b = OptunaBackend(space=SearchSpace.from_dict(LR_SPACE), storage="sqlite:///:memory:",
-                          study_name=name, sampler="tpe", seed=5)
+        b = OptunaBackend(
+            space=SearchSpace.from_dict(LR_SPACE),
+            storage="sqlite:///:memory:",
+            study_name=name,
+            sampler="tpe",
+            seed=5,
+        )
         tables.append(b.optimize(toy, n_trials=8))
     cols = ["params_train.lr", "params_arch.depth", "value"]
     assert tables[0][cols].equals(tables[1][cols])
@@ -175,18 +197,24 @@ def test_infeasible_candidates_fail_and_the_search_goes_on(tmp_path: Path) -> No
 
 
 def test_grid_sampler_stops_at_the_grid_size(tmp_path: Path) -> None:
-    space = {"params": {"arch.depth": {"type": "int", "low": 1, "high": 2},
-                        "arch.act": {"type": "categorical", "choices": ["relu", "sigmoid"]}}}
+    space = {
+        "params": {
+            "arch.depth": {"type": "int", "low": 1, "high": 2},
+            "arch.act": {"type": "categorical", "choices": ["relu", "sigmoid"]},
+        }
+    }
     table = backend(tmp_path, space=space, sampler="grid").optimize(
-        lambda p, r: (p["arch.depth"] / 2, {}), n_trials=10)
+        lambda p, r: (p["arch.depth"] / 2, {}), n_trials=10
+    )
     assert len(table) == 4
     assert len(set(zip(table["params_arch.depth"], table["params_arch.act"], strict=True))) == 4
 
 
 def test_factory_and_configuration_errors(tmp_path: Path) -> None:
     space = SearchSpace.from_dict(LR_SPACE)
-    b = create_backend("optuna", space=space, storage=None, study_name="f", workdir=tmp_path,
-                       sampler="random")
+    b = create_backend(
+        "optuna", space=space, storage=None, study_name="f", workdir=tmp_path, sampler="random"
+    )
     assert isinstance(b, OptunaBackend)
     assert (tmp_path / "optuna.db").is_file()
     with pytest.raises(ConfigError, match="unknown search backend 'ray'"):

@@ -7,11 +7,11 @@ import pytest
 
 from distdd_nas.distill.result import DistilledSet
 from distdd_nas.errors import ConfigError
-from distdd_nas.federation.setup import Federation
-from distdd_nas.fl.fedavg import FedAvgSettings
+from distdd_nas.fedavg.server import FedAvgSettings
 from distdd_nas.models import ArchSpec
 from distdd_nas.search.objective import synthetic_dataset
 from distdd_nas.search.simulate import simulated_fedavg, virtual_clients, virtual_counts
+from distdd_nas.study import Federation
 
 
 def test_real_sizes_reproduce_the_counts_exactly() -> None:
@@ -56,8 +56,9 @@ def test_virtual_clients_hold_the_planned_labels(
             assert used.max() - used.min() <= 1
         assert len(client.holdout_indices) == 0
     again = virtual_clients(synthetic, counts, seed=0, total=300)
-    assert all((a.train_indices == b.train_indices).all() for a, b in zip(clients, again,
-                                                                           strict=True))
+    assert all(
+        (a.train_indices == b.train_indices).all() for a, b in zip(clients, again, strict=True)
+    )
 
 
 def test_errors(distilled: DistilledSet, federation: Federation) -> None:
@@ -72,13 +73,22 @@ def test_errors(distilled: DistilledSet, federation: Federation) -> None:
 
 
 def test_simulated_fedavg_is_deterministic(
-    distilled: DistilledSet, federation: Federation, counts: np.ndarray,
+    distilled: DistilledSet,
+    federation: Federation,
+    counts: np.ndarray,
     fedavg_base: FedAvgSettings,
 ) -> None:
     synthetic = synthetic_dataset(distilled, federation.train)
     rounds: list[dict[str, float]] = []
-    kw = {"arch": ArchSpec(depth=1, width=4), "synthetic": synthetic, "counts": counts,
-          "settings": fedavg_base, "test": synthetic, "seed": 3, "total": 100}
+    kw = {
+        "arch": ArchSpec(depth=1, width=4),
+        "synthetic": synthetic,
+        "counts": counts,
+        "settings": fedavg_base,
+        "test": synthetic,
+        "seed": 3,
+        "total": 100,
+    }
     a = simulated_fedavg(**kw, on_round=rounds.append)  # type: ignore[arg-type]
     b = simulated_fedavg(**kw)  # type: ignore[arg-type]
     assert len(rounds) == fedavg_base.rounds

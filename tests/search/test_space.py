@@ -35,14 +35,18 @@ def test_smoke_space_fits_digits() -> None:
 
 
 def test_optuna_and_nni_converters() -> None:
-    space = SearchSpace.from_dict({"params": {
-        "arch.act": {"type": "categorical", "choices": ["relu", "sigmoid"]},
-        "arch.depth": {"type": "int", "low": 1, "high": 4},
-        "train.epochs": {"type": "int", "low": 10, "high": 30, "step": 10},
-        "train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
-        "train.momentum": {"type": "float", "low": 0.0, "high": 0.9},
-        "fedavg.server_lr": {"type": "float", "low": 0.5, "high": 1.5, "step": 0.5},
-    }})
+    space = SearchSpace.from_dict(
+        {
+            "params": {
+                "arch.act": {"type": "categorical", "choices": ["relu", "sigmoid"]},
+                "arch.depth": {"type": "int", "low": 1, "high": 4},
+                "train.epochs": {"type": "int", "low": 10, "high": 30, "step": 10},
+                "train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                "train.momentum": {"type": "float", "low": 0.0, "high": 0.9},
+                "fedavg.server_lr": {"type": "float", "low": 0.5, "high": 1.5, "step": 0.5},
+            }
+        }
+    )
     opt = space.to_optuna()
     assert opt["arch.act"] == od.CategoricalDistribution(["relu", "sigmoid"])
     assert opt["arch.depth"] == od.IntDistribution(1, 4)
@@ -63,11 +67,17 @@ def test_optuna_and_nni_converters() -> None:
 
 def test_nested_and_quoted_names_are_the_same_space(tmp_path: Path) -> None:
     nested = tmp_path / "nested.toml"
-    nested.write_text('[params.arch]\nfamily = "convnet"\n'
-                      '[params.arch.depth]\ntype = "int"\nlow = 1\nhigh = 3\n', encoding="utf-8")
+    nested.write_text(
+        '[params.arch]\nfamily = "convnet"\n'
+        '[params.arch.depth]\ntype = "int"\nlow = 1\nhigh = 3\n',
+        encoding="utf-8",
+    )
     quoted = tmp_path / "quoted.toml"
-    quoted.write_text('[fixed]\n"arch.family" = "convnet"\n'
-                      '[params."arch.depth"]\ntype = "int"\nlow = 1\nhigh = 3\n', encoding="utf-8")
+    quoted.write_text(
+        '[fixed]\n"arch.family" = "convnet"\n'
+        '[params."arch.depth"]\ntype = "int"\nlow = 1\nhigh = 3\n',
+        encoding="utf-8",
+    )
     a, b = SearchSpace.load(nested), SearchSpace.load(quoted)
     assert (a.params, a.fixed) == (b.params, b.fixed)
     assert SearchSpace.from_dict(a.to_dict()).params == a.params
@@ -75,10 +85,22 @@ def test_nested_and_quoted_names_are_the_same_space(tmp_path: Path) -> None:
 
 def test_point_expresses_a_reference_in_the_space() -> None:
     space = SearchSpace.load(SPACES / "smoke.toml")
-    ref = {"arch.family": "convnet", "arch.depth": 2, "arch.width": 16, "arch.act": "relu",
-           "arch.norm": "instance", "arch.pool": "avg", "arch.hidden": 128}
-    assert space.point(ref) == {"arch.depth": 2, "arch.width": 16, "arch.act": "relu",
-                                "arch.norm": "instance", "arch.pool": "avg"}
+    ref = {
+        "arch.family": "convnet",
+        "arch.depth": 2,
+        "arch.width": 16,
+        "arch.act": "relu",
+        "arch.norm": "instance",
+        "arch.pool": "avg",
+        "arch.hidden": 128,
+    }
+    assert space.point(ref) == {
+        "arch.depth": 2,
+        "arch.width": 16,
+        "arch.act": "relu",
+        "arch.norm": "instance",
+        "arch.pool": "avg",
+    }
     assert space.point({**ref, "arch.width": 128}) is None  # not a choice
     assert space.point({**ref, "arch.depth": 9}) is None  # out of range
 
@@ -88,27 +110,43 @@ BAD = [
     ({"arch.width": {"type": "categorical", "choices": []}}, r"'arch.width' has empty"),
     ({"arch.width": {"type": "categorical"}}, r"'arch.width' has empty or missing choices"),
     ({"arch.depth": {"type": "int", "low": 4, "high": 1}}, r"'arch.depth' has low > high"),
-    ({"train.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}},
-     r"'train.lr' is log-scaled but low=0.0 <= 0"),
-    ({"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "log": True, "step": 0.1}},
-     r"'train.lr' cannot have both log and step"),
-    ({"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "step": -1.0}},
-     r"'train.lr' has step=-1.0"),
+    (
+        {"train.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}},
+        r"'train.lr' is log-scaled but low=0.0 <= 0",
+    ),
+    (
+        {"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "log": True, "step": 0.1}},
+        r"'train.lr' cannot have both log and step",
+    ),
+    (
+        {"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "step": -1.0}},
+        r"'train.lr' has step=-1.0",
+    ),
     ({"train.lr": {"type": "float", "low": 0.1}}, r"'train.lr' needs both low and high"),
-    ({"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "scale": 2}},
-     r"'train.lr' \(float\) has unknown key\(s\) \['scale'\]"),
+    (
+        {"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "scale": 2}},
+        r"'train.lr' \(float\) has unknown key\(s\) \['scale'\]",
+    ),
     ({"arch.colour": {"type": "categorical", "choices": [1]}}, r"'arch.colour' is unknown"),
     ({"model.depth": {"type": "int", "low": 1, "high": 2}}, r"'model.depth' is unknown"),
-    ({"arch.act": {"type": "categorical", "choices": ["relu", "tanh"]}},
-     r"'arch.act' has choice 'tanh'; use one of"),
-    ({"arch.act": {"type": "categorical", "choices": ["relu", "relu"]}},
-     r"'arch.act' lists a choice twice"),
+    (
+        {"arch.act": {"type": "categorical", "choices": ["relu", "tanh"]}},
+        r"'arch.act' has choice 'tanh'; use one of",
+    ),
+    (
+        {"arch.act": {"type": "categorical", "choices": ["relu", "relu"]}},
+        r"'arch.act' lists a choice twice",
+    ),
     ({"arch.depth": {"type": "int", "low": 1.5, "high": 3}}, r"'arch.depth' needs integers"),
-    ({"arch.depth": {"type": "float", "low": 1.0, "high": 3.0}},
-     r"'arch.depth' is an integer field"),
+    (
+        {"arch.depth": {"type": "float", "low": 1.0, "high": 3.0}},
+        r"'arch.depth' is an integer field",
+    ),
     ({"arch.act": {"type": "int", "low": 1, "high": 3}}, r"'arch.act' takes names"),
-    ({"arch.depth": {"type": "int", "low": 1, "high": 3, "log": "yes"}},
-     r"'arch.depth' has log = 'yes'"),
+    (
+        {"arch.depth": {"type": "int", "low": 1, "high": 3, "log": "yes"}},
+        r"'arch.depth' has log = 'yes'",
+    ),
 ]
 
 
@@ -124,11 +162,19 @@ def test_invalid_space_structure() -> None:
     with pytest.raises(SearchSpaceError, match="searches no parameter"):
         SearchSpace.from_dict({"fixed": {"arch.depth": 2}})
     with pytest.raises(SearchSpaceError, match=r"\['arch.depth'\] are both fixed and searched"):
-        SearchSpace.from_dict({"fixed": {"arch.depth": 2},
-                               "params": {"arch.depth": {"type": "int", "low": 1, "high": 2}}})
+        SearchSpace.from_dict(
+            {
+                "fixed": {"arch.depth": 2},
+                "params": {"arch.depth": {"type": "int", "low": 1, "high": 2}},
+            }
+        )
     with pytest.raises(SearchSpaceError, match="fixed value 'tanh'"):
-        SearchSpace.from_dict({"fixed": {"arch.act": "tanh"},
-                               "params": {"arch.depth": {"type": "int", "low": 1, "high": 2}}})
+        SearchSpace.from_dict(
+            {
+                "fixed": {"arch.act": "tanh"},
+                "params": {"arch.depth": {"type": "int", "low": 1, "high": 2}},
+            }
+        )
 
 
 def test_file_errors(tmp_path: Path) -> None:

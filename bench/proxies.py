@@ -1,0 +1,342 @@
+"""Every cheap proxy against the ground truth: how well each ranks candidates like FedAvg does.
+
+The ground truth is a ``distdd-nas groundtruth`` table (``TABLE/groundtruth/``): real FedAvg
+curves of sampled candidates under several seeds. The truth of a candidate is its replicate-0
+test accuracy at the table's final round. Each proxy scores every candidate with complete
+curves (a table may still be growing) and is compared with the truth: Kendall τ-b, Spearman ρ,
+top-5 overlap and the regret of the proxy's top-1 (accuracy points), each with a 90 %
+percentile-bootstrap interval over candidates (:mod:`distdd_nas.evidence.statistics`), on all
+candidates and on the better half (by truth). Proxies, in the printed order:
+
+* the seed-vs-seed ceiling — replicate 1 at the final round: FedAvg itself under another seed;
+* the DistDD proxy (the search's scoring) at ``search.epochs`` and at ``--epochs-long``;
+* the same scoring on a random real subset with the same images per class (a centralized
+  reference, not a private method: it needs raw client data on the server);
+* FedAvg after 1, 2 and 4 rounds (replicate 1, so it does not share the truth's luck);
+* parameter count (larger = better) and NASWOT at initialisation on the distilled set.
+
+Writes ``TABLE/proxies.csv`` (one row per candidate: truth, every proxy's score, bytes and
+seconds) and ``TABLE/proxies.md`` (the printed tables, the command line and the date on top).
+
+    python bench/proxies.py --study studies/quickstart.toml --table bench/data/quickstart \\
+        --cache artifacts --epochs-long 300 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from distdd_nas.artifacts import is_complete, load_json, read_manifest, write_atomic
+from distdd_nas.config import StudyConfig, load_config
+from distdd_nas.errors import ArtifactError, DistddError
+from distdd_nas.evidence.groundtruth import CURVE_COLUMNS
+from distdd_nas.evidence.proxies import (
+    ProxyScores,
+    distilled_proxy,
+    fedavg_after,
+    naswot,
+    parameter_count,
+    random_real_proxy,
+)
+from distdd_nas.evidence.statistics import ProxyEvidence, RankingEvidence, proxy_evidence
+from distdd_nas.search.candidate import Candidate
+from distdd_nas.search.objective import ProxyObjective
+from distdd_nas.seeding import derive_seed
+from distdd_nas.stages.distill import distilled_dir, ensure_distilled, load_distilled
+from distdd_nas.stages.groundtruth import plan_for
+from distdd_nas.stages.search import make_objective
+from distdd_nas.study import Study
+
+#: FedAvg rounds read as proxies (those beyond the table's rounds are skipped).
+FEDAVG_ROUNDS = (1, 2, 4)
+#: Config sections the ground-truth accuracies depend on (besides study.seed).
+TRUTH_SECTIONS = ("data", "partition", "noise", "federation", "fedavg")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A ground-truth table as read: complete candidates only, with the plan's settings."""
+
+    candidates: pd.DataFrame
+    curves: pd.DataFrame
+    rounds: int
+    replicates: int
+    config: dict[str, Any]
+    listed: pd.DataFrame
+
+
+def read_curves(path: Path) -> pd.DataFrame:
+    """``curves.csv`` without writing to it or its lock (a live table may be growing):
+    bytes up to the last newline only, so a block being appended is left out."""
+    if not path.exists():
+        return pd.DataFrame(columns=list(CURVE_COLUMNS))
+    raw = path.read_bytes()
+    whole = raw[: raw.rfind(b"\n") + 1]
+    return pd.read_csv(BytesIO(whole)) if whole else pd.DataFrame(columns=list(CURVE_COLUMNS))
+
+
+def load_table(table_dir: Path) -> Table:
+    """The table's plan, candidates and curves; candidates whose every replicate has every
+    round (1..rounds) are kept, in sample order."""
+    gt = table_dir / "groundtruth"
+    if not (gt / "plan.json").exists():
+        raise ArtifactError(f"{gt} holds no plan.json; pass the directory given to --out")
+    config = load_json(gt / "plan.json")["config"]
+    g = config["groundtruth"]
+    rounds = int(g["rounds"] if g.get("rounds") is not None else config["fedavg"]["rounds"])
+    replicates = int(g["replicates"])
+    listed = pd.read_csv(gt / "candidates.csv").sort_values("index").reset_index(drop=True)
+    curves = read_curves(gt / "curves.csv")
+    curves = curves.assign(candidate_id=curves["candidate_id"].astype(str))
+    rows = curves[(curves["round"] >= 1) & (curves["round"] <= rounds)]
+    counts = rows.groupby(["candidate_id", "replicate"])["round"].nunique()
+    whole = counts[counts == rounds].reset_index()
+    per = whole[whole["replicate"] < replicates].groupby("candidate_id").size()
+    done = set(per[per == replicates].index)
+    listed = listed.assign(candidate_id=listed["candidate_id"].astype(str))
+    keep = listed[listed["candidate_id"].isin(done)].reset_index(drop=True)
+    return Table(keep, curves, rounds, replicates, config, listed)
+
+
+def check_plan(study: Study, table: Table) -> list[str]:
+    """Warnings where the table was not made under this study: candidate ids that differ from
+    the study's plan (same length), or settings the truth depends on that differ."""
+    notes: list[str] = []
+    g = study.config.groundtruth.model_copy(update={"candidates": len(table.listed)})
+    planned = plan_for(Study(study.config.model_copy(update={"groundtruth": g})))
+    ids = [c.candidate_id for c in planned.candidates]
+    table_ids = table.listed["candidate_id"].tolist()
+    differ = sum(a != b for a, b in zip(ids, table_ids))
+    if differ:
+        notes.append(
+            f"WARNING: {differ} of {len(table_ids)} table candidates differ from this study's "
+            "plan (another space, sample seed, model or search settings); proxies score the "
+            "table's candidates as rebuilt from their params_* columns"
+        )
+    ours = study.config.to_dict()
+    changed = [s for s in TRUTH_SECTIONS if ours.get(s) != table.config.get(s)]
+    if ours["study"]["seed"] != table.config["study"]["seed"]:
+        changed.append("study.seed")
+    if changed:
+        notes.append(
+            f"WARNING: the table was made with other {', '.join(changed)} settings than this "
+            "study (see groundtruth/plan.json): its accuracies are another federation's"
+        )
+    if not notes:
+        notes.append(f"the table's {len(table_ids)} candidates are this study's plan")
+    return notes
+
+
+def _distilled(study: Study, cache: Path) -> tuple[Path, str]:
+    """The distilled set's directory (distilling on a miss) and where its cost comes from."""
+    hit = is_complete(distilled_dir(study, cache))
+    start = time.perf_counter()
+    path = ensure_distilled(study, cache)
+    manifest = read_manifest(path) or {}
+    total = int(manifest.get("bytes_up", 0)) + int(manifest.get("bytes_down", 0))
+    if hit:
+        source = (
+            f"cached, not measured in this run: {total / 1e6:,.1f} MB as recorded in "
+            f"{path}/manifest.json when it was distilled"
+        )
+    else:
+        source = (
+            f"distilled in this run: {total / 1e6:,.1f} MB, {time.perf_counter() - start:.0f} s"
+        )
+    return path, source
+
+
+def compute_proxies(
+    study: Study,
+    table: Table,
+    candidates: list[Candidate],
+    *,
+    distilled: Path,
+    epochs: int,
+    epochs_long: int,
+) -> list[tuple[str, ProxyScores]]:
+    """(label, scores) of every proxy, ceiling first, each relabelled with the table's ids."""
+    ids = table.candidates["candidate_id"].tolist()
+    seed = study.config.study.seed
+    out: list[tuple[str, ProxyScores]] = []
+
+    def add(label: str, scores: ProxyScores) -> None:
+        print(f"  {label}: {scores.total_seconds:.1f} s", file=sys.stderr, flush=True)
+        out.append((label, scores.relabel(ids)))
+
+    r = table.rounds
+    if table.replicates >= 2:
+        ceiling = fedavg_after(table.curves, rounds=r, candidate_ids=ids, name="seed_ceiling")
+        add(f"seed-vs-seed ceiling (FedAvg, other seed, {r} rounds)", ceiling)
+    config = study.config
+    if config.search.backend != "optuna":  # the scorer is the same; NNI would write files
+        config = config.model_copy(
+            update={"search": config.search.model_copy(update={"backend": "optuna"})}
+        )
+        study = Study(config)
+    objective = make_objective(study, distilled, Path("unused"))
+    assert isinstance(objective, ProxyObjective)
+    scorer = objective.scorer
+    try:
+        for e in dict.fromkeys((epochs, epochs_long)):  # once when they are equal
+            scores = distilled_proxy(candidates, scorer, epochs=e, name=f"distdd_e{e}")
+            add(f"DistDD proxy, {e} epochs", scores)
+        fed = study.federation
+        real = random_real_proxy(
+            candidates,
+            scorer,
+            train=fed.train,
+            pool=np.concatenate(fed.split.client_indices),
+            ipc=config.distill.ipc,
+            seed=derive_seed(seed, "evidence", "random_real"),
+            epochs=epochs,
+            name=f"random_real_e{epochs}",
+        )
+        add(f"random real subset, {epochs} epochs (centralized reference)", real)
+    finally:
+        if scorer.engine is not None:
+            scorer.engine.close()
+    for k in (k for k in FEDAVG_ROUNDS if k <= r):
+        add(f"FedAvg after {k} round(s)", fedavg_after(table.curves, rounds=k, candidate_ids=ids))
+    add("parameter count (larger = better)", parameter_count(table.candidates))
+    images = load_distilled(distilled).images
+    add("NASWOT at init (distilled set)", naswot(candidates, images, like=fed.train, seed=seed))
+    return out
+
+
+def _cells(ev: RankingEvidence) -> list[str]:
+    return [
+        str(ev.n),
+        ev.tau.format(2),
+        ev.rho.format(2),
+        ev.topk.format(2),
+        ev.regret.format(1, scale=100.0),
+    ]
+
+
+def render(
+    results: list[tuple[str, ProxyScores, ProxyEvidence]], *, head: list[str], k: int
+) -> str:
+    """The markdown report: header lines, then one table on all candidates and one on the
+    better half."""
+    cols = [
+        "proxy",
+        "n",
+        "Kendall τ [90 % CI]",
+        "Spearman ρ [CI]",
+        f"top-{k} overlap [CI]",
+        "regret of top-1, points [CI]",
+        "bytes",
+        "s",
+    ]
+    lines = [*head]
+    for title, pick in (("All candidates", "all"), ("Better half (by truth)", "better_half")):
+        lines += ["", f"## {title}", "", "| " + " | ".join(cols) + " |"]
+        lines.append("|" + "---|" * len(cols))
+        for label, scores, ev in results:
+            cells = [
+                label,
+                *_cells(getattr(ev, pick)),
+                f"{scores.total_bytes / 1e6:,.1f} MB",
+                f"{scores.total_seconds:,.0f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--study", required=True, help="study file, e.g. studies/quickstart.toml")
+    parser.add_argument("--table", required=True, type=Path, help="--out of the groundtruth run")
+    parser.add_argument("--cache", type=Path, default=Path("artifacts"), help="distilled sets")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V")
+    parser.add_argument("--epochs", type=int, help="DistDD proxy epochs (default search.epochs)")
+    parser.add_argument("--epochs-long", type=int, default=300, help="the longer DistDD proxy")
+    parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    return parser.parse_args(list(argv))
+
+
+def run(args: argparse.Namespace, command: str) -> str:
+    """Everything after argument parsing; returns the markdown it wrote."""
+    start = time.perf_counter()
+    config: StudyConfig = load_config(args.study, args.overrides)
+    study = Study(config)
+    table = load_table(args.table)
+    if len(table.candidates) < 4:
+        raise ArtifactError(
+            f"{args.table}: only {len(table.candidates)} candidates have complete curves; "
+            "need at least 4 (let the groundtruth run go on)"
+        )
+    notes = check_plan(study, table)
+    candidates = [study.candidates.from_row(row) for _, row in table.candidates.iterrows()]
+    distilled, source = _distilled(study, args.cache)
+    epochs = args.epochs or config.search.epochs
+    proxies = compute_proxies(
+        study, table, candidates, distilled=distilled, epochs=epochs, epochs_long=args.epochs_long
+    )
+    ids = table.candidates["candidate_id"].tolist()
+    truth = fedavg_after(table.curves, rounds=table.rounds, replicate=0, candidate_ids=ids)
+    results = [
+        (label, s, proxy_evidence(s.scores, truth.scores, seed=config.study.seed, boot=args.boot))
+        for label, s in proxies
+    ]
+    frame = table.candidates[["index", "candidate_id", "model", "num_parameters"]].assign(
+        truth=truth.scores
+    )
+    for _, s in proxies:
+        frame = frame.merge(s.to_frame(), on="candidate_id", how="left")
+    write_atomic(args.table / "proxies.csv", frame.to_csv(index=False, lineterminator="\n"))
+    head = [
+        "# Cheap proxies against the FedAvg ground truth",
+        "",
+        f"`{command}`",
+        "",
+        f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; "
+        f"torch threads: {torch.get_num_threads()}; wall {time.perf_counter() - start:,.0f} s.",
+        "",
+        f"Truth: FedAvg test accuracy of replicate 0 at round {table.rounds}; "
+        f"{len(ids)} of {len(table.listed)} candidates have every replicate complete. "
+        f"Intervals: 90 % percentile bootstrap over candidates, {args.boot} resamples. "
+        f"Distillation (paid once, not in the bytes below): {source}. "
+        "bytes, s: the proxy's traffic and wall seconds over all candidates (FedAvg rows: "
+        "cumulative at that round in the table's curves; DistDD and random real: federated "
+        "scoring, metered in this run; parameter count and NASWOT: server-side, 0 bytes).",
+        "",
+        *[f"- {n}" for n in notes],
+    ]
+    text = render(results, head=head, k=results[0][2].all.k)
+    write_atomic(args.table / "proxies.md", text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 on a user-facing error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "bench/proxies.py", *argv])
+    try:
+        print(run(args, command), end="")
+    except DistddError as err:
+        print(f"proxies: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""How well a proxy ranks candidates like the ground truth does, with bootstrap intervals.
+
+Inputs are two aligned vectors over the same N candidates: the proxy's scores and the
+ground-truth accuracies, both "higher is better". The figures:
+
+* **Kendall τ-b** and **Spearman ρ** (``scipy.stats``; τ-b corrects for ties, which the
+  bootstrap creates by repeating candidates). NaN when fewer than two candidates or when either
+  vector is constant.
+* **Top-k overlap** (k = 5, capped at N): |top-k by proxy ∩ top-k by truth| / k, each top-k
+  taken by a stable sort, so ties go to the earlier candidate.
+* **Regret of the proxy's top-1**: max truth − truth of the candidate with the highest proxy
+  score (ties to the earlier candidate); 0 when the proxy picks the best. In the truth's units.
+
+Each comes with a **percentile bootstrap interval over candidates**: B resamples of N
+candidate indices drawn with replacement from a seeded NumPy generator (the same index matrix
+serves all four figures, so they are paired), the figure recomputed on every resample, and the
+interval the (α/2, 1 − α/2) percentiles of those B values (90 %: the 5th and 95th). Figures are
+computed positionally on the resampled arrays, so a repeated candidate is a tie broken by its
+position. A resample can make a figure undefined (τ and ρ of a resample whose proxy or truth
+values are all equal); such NaN values are dropped (``numpy.nanpercentile``) and the number of
+defined resamples is kept with the interval. The percentile interval does not have to contain
+the point estimate (a skewed bootstrap distribution); it is reported as computed.
+
+"The better half" repeats everything on the ⌊N/2⌋ candidates with the highest truth (ties to
+the earlier candidate): can the proxy still tell good from very good? The subset is fixed
+first, then bootstrapped over its own candidates.
+
+This module is pure: arrays in, frozen dataclasses out. It does not import
+:mod:`distdd_nas.report` (evidence and report are independent siblings).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from distdd_nas.errors import ConfigError
+from distdd_nas.seeding import numpy_rng
+
+#: Default bootstrap resamples, confidence level and top-k.
+BOOTSTRAP = 2000
+CONFIDENCE = 0.90
+TOP_K = 5
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap interval (``valid``: resamples that were defined)."""
+
+    point: float
+    low: float
+    high: float
+    valid: int = 0
+
+    def contains(self, value: float) -> bool:
+        """True when ``low <= value <= high`` (False for NaN bounds)."""
+        return bool(self.low <= value <= self.high)
+
+    def format(self, digits: int = 2, scale: float = 1.0) -> str:
+        """``"0.64 [0.41, 0.80]"`` (values times ``scale``; ``"nan"`` where undefined)."""
+
+        def f(v: float) -> str:
+            return "nan" if math.isnan(v) else f"{v * scale:.{digits}f}"
+
+        return f"{f(self.point)} [{f(self.low)}, {f(self.high)}]"
+
+
+@dataclass(frozen=True)
+class RankingEvidence:
+    """Ranking figures of one proxy on one set of candidates.
+
+    Attributes:
+        n: Candidates compared.
+        k: The k of the top-k overlap (5, capped at ``n``).
+        tau, rho, topk, regret: Kendall τ-b, Spearman ρ, top-k overlap, regret of top-1.
+        boot: Bootstrap resamples drawn.
+        confidence: Coverage of the intervals (0.9: 5th to 95th percentile).
+    """
+
+    n: int
+    k: int
+    tau: Interval
+    rho: Interval
+    topk: Interval
+    regret: Interval
+    boot: int
+    confidence: float
+
+    def to_row(self, prefix: str = "") -> dict[str, float | int]:
+        """Flat columns for a table: ``n``, ``k``, then point/low/high of every figure."""
+        row: dict[str, float | int] = {f"{prefix}n": self.n, f"{prefix}k": self.k}
+        for name in ("tau", "rho", "topk", "regret"):
+            interval: Interval = getattr(self, name)
+            row[f"{prefix}{name}"] = interval.point
+            row[f"{prefix}{name}_low"] = interval.low
+            row[f"{prefix}{name}_high"] = interval.high
+        return row
+
+
+@dataclass(frozen=True)
+class ProxyEvidence:
+    """A proxy's figures on all candidates and on the better half (by truth)."""
+
+    all: RankingEvidence
+    better_half: RankingEvidence
+
+    def to_row(self) -> dict[str, float | int]:
+        """Flat columns: those of ``all`` unprefixed, then ``half_*`` for the better half."""
+        return {**self.all.to_row(), **self.better_half.to_row("half_")}
+
+
+def _pair(proxy: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as 1-D float arrays of one length, without NaN (±inf is a valid score)."""
+    x = np.asarray(proxy, dtype=float)
+    y = np.asarray(truth, dtype=float)
+    if x.ndim != 1 or y.ndim != 1 or x.shape != y.shape:
+        raise ConfigError(
+            f"proxy scores (shape {x.shape}) and ground-truth accuracies (shape {y.shape}) "
+            "must be two 1-D sequences of the same length, one value per candidate"
+        )
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise ConfigError(
+            "proxy scores or ground-truth accuracies hold NaN; drop those candidates first "
+            "(every candidate needs a score and a truth)"
+        )
+    return x, y
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's τ-b (NaN with < 2 candidates or a constant input)."""
+    if len(x) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.kendalltau(x, y).statistic)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's ρ (NaN with < 2 candidates or a constant input)."""
+    if len(x) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(x, y).statistic)
+
+
+def topk_overlap(x: np.ndarray, y: np.ndarray, k: int = TOP_K) -> float:
+    """|top-k by ``x`` ∩ top-k by ``y``| / k (k capped at the length; ties: earlier first)."""
+    k = min(k, len(x))
+    if k <= 0:
+        return math.nan
+    a = set(np.argsort(-x, kind="stable")[:k].tolist())
+    b = set(np.argsort(-y, kind="stable")[:k].tolist())
+    return len(a & b) / k
+
+
+def top1_regret(x: np.ndarray, y: np.ndarray) -> float:
+    """max ``y`` − ``y`` at the first argmax of ``x`` (NaN when empty)."""
+    if len(x) == 0:
+        return math.nan
+    return float(np.max(y) - y[int(np.argmax(x))])
+
+
+def bootstrap_interval(
+    metric: Metric,
+    x: np.ndarray,
+    y: np.ndarray,
+    resamples: np.ndarray,
+    *,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """Point estimate of ``metric(x, y)`` and its percentile interval over ``resamples``.
+
+    Args:
+        metric: A figure of two aligned arrays.
+        x, y: Proxy scores and truth of the candidates.
+        resamples: B × N candidate indices (rows drawn with replacement).
+        confidence: Coverage (0.9: the 5th and 95th percentiles).
+    """
+    point = metric(x, y)
+    values = np.array([metric(x[idx], y[idx]) for idx in resamples], dtype=float)
+    valid = int(np.isfinite(values).sum())
+    if valid == 0:
+        return Interval(point, math.nan, math.nan, 0)
+    alpha = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.nanpercentile(values, [alpha, 100.0 - alpha])
+    return Interval(point, float(low), float(high), valid)
+
+
+def ranking_evidence(
+    proxy: Any,
+    truth: Any,
+    *,
+    seed: int,
+    boot: int = BOOTSTRAP,
+    confidence: float = CONFIDENCE,
+    k: int = TOP_K,
+    stream: str = "all",
+) -> RankingEvidence:
+    """Kendall τ-b, Spearman ρ, top-k overlap and top-1 regret with bootstrap intervals.
+
+    Resamples come from ``numpy_rng(seed, "evidence", "bootstrap", stream)``: the same seed
+    and inputs give the same intervals.
+
+    Raises:
+        ConfigError: Inputs of different lengths, not 1-D, holding NaN, or no candidate; a
+            bad ``boot``, ``confidence`` or ``k``.
+    """
+    x, y = _pair(proxy, truth)
+    if len(x) == 0:
+        raise ConfigError("no candidates to compare; the proxy and the truth are empty")
+    if boot < 1 or not 0.0 < confidence < 1.0 or k < 1:
+        raise ConfigError(
+            f"boot={boot}, confidence={confidence}, k={k} out of range; use boot >= 1, "
+            "0 < confidence < 1, k >= 1"
+        )
+    n = len(x)
+    rng = numpy_rng(seed, "evidence", "bootstrap", stream)
+    resamples = rng.integers(0, n, size=(boot, n))
+    kk = min(k, n)
+
+    def overlap(a: np.ndarray, b: np.ndarray) -> float:
+        return topk_overlap(a, b, kk)
+
+    def interval(metric: Metric) -> Interval:
+        return bootstrap_interval(metric, x, y, resamples, confidence=confidence)
+
+    return RankingEvidence(
+        n=n,
+        k=kk,
+        tau=interval(kendall_tau_b),
+        rho=interval(spearman),
+        topk=interval(overlap),
+        regret=interval(top1_regret),
+        boot=boot,
+        confidence=confidence,
+    )
+
+
+def better_half(truth: Any) -> np.ndarray:
+    """Sorted indices of the ⌊N/2⌋ candidates with the highest truth (ties: earlier first)."""
+    y = np.asarray(truth, dtype=float)
+    order = np.argsort(-y, kind="stable")
+    return np.sort(order[: len(y) // 2])
+
+
+def proxy_evidence(
+    proxy: Any,
+    truth: Any,
+    *,
+    seed: int,
+    boot: int = BOOTSTRAP,
+    confidence: float = CONFIDENCE,
+    k: int = TOP_K,
+) -> ProxyEvidence:
+    """:func:`ranking_evidence` on all candidates and on :func:`better_half` of them.
+
+    Raises:
+        ConfigError: As :func:`ranking_evidence`; also fewer than 2 candidates (the better
+            half would be empty).
+    """
+    x, y = _pair(proxy, truth)
+    if len(x) < 2:
+        raise ConfigError(
+            f"{len(x)} candidate(s) give no ranking; compare at least 2 (4 for a better half of 2)"
+        )
+    kwargs: dict[str, Any] = {"seed": seed, "boot": boot, "confidence": confidence, "k": k}
+    half = better_half(y)
+    return ProxyEvidence(
+        all=ranking_evidence(x, y, stream="all", **kwargs),
+        better_half=ranking_evidence(x[half], y[half], stream="better_half", **kwargs),
+    )
+
+
+__all__ = [
+    "BOOTSTRAP",
+    "CONFIDENCE",
+    "TOP_K",
+    "Interval",
+    "ProxyEvidence",
+    "RankingEvidence",
+    "better_half",
+    "bootstrap_interval",
+    "kendall_tau_b",
+    "proxy_evidence",
+    "ranking_evidence",
+    "spearman",
+    "top1_regret",
+    "topk_overlap",
+]

@@ -1,0 +1,158 @@
+"""Stage ``distill``: one global synthetic set, content-addressed in the cache, then evaluated.
+
+The distillation itself is cached under ``CACHE/distilled/<fingerprint>/`` (synthetic.npz,
+history, the ledger as comm.csv, census class counts, an image grid): one distilled set serves
+any number of searches. ``DIR/distill/`` holds this study's evaluation of it (DC's protocol, plus
+random real subsets of the same size as a centralized reference).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distdd_nas.artifacts import is_complete, load_npz, read_manifest, stage
+from distdd_nas.config import fingerprint
+from distdd_nas.distill import (
+    DistilledSet,
+    DistillResult,
+    evaluate_random_real,
+    evaluate_synthetic,
+)
+from distdd_nas.errors import ArtifactError
+from distdd_nas.federation import Ledger
+from distdd_nas.report.plots import distilled_grid_figure
+from distdd_nas.seeding import derive_seed
+from distdd_nas.stages.common import DISTILL_SECTIONS, Progress, StageOutcome, write_config
+from distdd_nas.stages.on_engine import on_configured_engine
+from distdd_nas.study import Study
+
+
+def distilled_dir(study: Study, cache: Path) -> Path:
+    """Content-addressed directory of a study's distilled set."""
+    return cache / "distilled" / fingerprint(study.config, DISTILL_SECTIONS)
+
+
+def load_distilled(path: Path) -> DistilledSet:
+    """Read ``synthetic.npz`` of a complete distillation directory (no pickle)."""
+    if not is_complete(path):
+        raise ArtifactError(
+            f"{path} holds no complete distilled set; "
+            "run 'distdd-nas distill' for this study first"
+        )
+    return DistilledSet.from_arrays(load_npz(path / "synthetic.npz"))
+
+
+def ensure_distilled(study: Study, cache: Path, *, progress: Progress | None = None) -> Path:
+    """The study's cached distillation directory, distilling first on a cache miss."""
+    path = distilled_dir(study, cache)
+    fp = fingerprint(study.config, DISTILL_SECTIONS)
+    if is_complete(path, fp):
+        return path
+    study.num_parameters(study.reference)  # a bad architecture fails before any work
+    total = study.config.distill.iterations
+
+    def on_iteration(row: dict[str, float]) -> None:
+        if progress is not None:
+            progress(int(row["iteration"]) + 1, total, row)
+
+    result, ledger = on_configured_engine(study, "distill", on_row=on_iteration)
+    _write_distilled(study, path, fp, result, ledger)
+    return path
+
+
+def _write_distilled(
+    study: Study, path: Path, fp: str, result: DistillResult, ledger: Ledger
+) -> None:
+    counts = pd.DataFrame(result.client_class_counts).rename_axis("client").reset_index()
+    meta = {
+        "stage": "distill",
+        "wall_s": result.wall_s,
+        "bytes_up": ledger.bytes_up,
+        "bytes_down": ledger.bytes_down,
+    }
+    like = study.federation.train
+    with stage(path, fingerprint=fp, meta=meta) as w:
+        w.npz("synthetic.npz", result.synthetic.to_arrays())
+        w.csv("history.csv", result.history)
+        w.csv("comm.csv", ledger.to_frame())
+        w.csv("class_counts.csv", counts)
+        fig = distilled_grid_figure(
+            result.synthetic, mean=like.mean, std=like.std, classes=like.classes
+        )
+        fig.savefig(w.file("grid.png"), dpi=100, bbox_inches="tight")
+
+
+def run_distill_stage(
+    study: Study, out: Path, *, cache: Path, progress: Progress | None = None
+) -> StageOutcome:
+    """Distil (or reuse the cached distillation), evaluate it, write ``DIR/distill/``."""
+    start = time.perf_counter()
+    config = study.config
+    fp = fingerprint(config, DISTILL_SECTIONS)
+    hit = is_complete(distilled_dir(study, cache), fp)
+    cached = ensure_distilled(study, cache, progress=progress)
+    manifest = read_manifest(cached) or {}
+    summary = evaluate_distilled(study, load_distilled(cached))
+    summary.update(
+        {
+            "ipc": config.distill.ipc,
+            "iterations": config.distill.iterations,
+            "num_clients": study.federation.num_clients,
+            "bytes_up": int(manifest.get("bytes_up", 0)),
+            "bytes_down": int(manifest.get("bytes_down", 0)),
+            "distill_wall_s": float(manifest.get("wall_s", 0.0)),
+            "cache_hit": hit,
+            "artifact": str(cached),
+            "fingerprint": fp,
+            "wall_s": time.perf_counter() - start,
+        }
+    )
+    write_config(config, out)
+    path = out / "distill"
+    with stage(path, fingerprint=fp) as w:
+        w.json("summary.json", summary)
+        w.csv("history.csv", pd.read_csv(cached / "history.csv"))
+        w.csv("ledger.csv", pd.read_csv(cached / "comm.csv"))
+    return StageOutcome(path, summary)
+
+
+def evaluate_distilled(study: Study, synthetic: DistilledSet) -> dict[str, Any]:
+    """DC's evaluation of the synthetic set plus same-ipc random real subsets (a centralized
+    reference: the server never holds real data; labelled as such)."""
+    config, fed = study.config, study.federation
+    seed = config.study.seed
+    mean, std, accs = evaluate_synthetic(
+        synthetic.images,
+        synthetic.labels,
+        arch=study.reference,
+        test=fed.test,
+        settings=config.distill.eval,
+        seed=derive_seed(seed, "eval", "synthetic"),
+    )
+    r_mean, r_std, r_accs = evaluate_random_real(
+        fed.train,
+        np.concatenate(fed.split.client_indices),
+        ipc=config.distill.ipc,
+        arch=study.reference,
+        test=fed.test,
+        settings=config.distill.eval,
+        seed=derive_seed(seed, "eval", "random_real"),
+    )
+    return {
+        "test_accuracy_mean": mean,
+        "test_accuracy_std": std,
+        "test_accuracies": accs,
+        "random_real_accuracy_mean": r_mean,
+        "random_real_accuracy_std": r_std,
+        "random_real_accuracies": r_accs,
+        "random_real_note": (
+            "centralized reference: random real subsets with the same ipc, a fresh one per network"
+        ),
+        "eval_models": config.distill.eval.num_models,
+        "eval_epochs": config.distill.eval.epochs,
+    }

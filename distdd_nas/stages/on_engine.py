@@ -1,0 +1,120 @@
+"""Run a server algorithm (DistDD or FedAvg) on the study's configured engine.
+
+In-process, the algorithm gets an :class:`~distdd_nas.federation.InProcessEngine` over the
+study's clients. With ``federation.engine = "flower"`` the same server function runs inside a
+Flower ServerApp (simulation or deployment runtime): :func:`flower_distill` and
+:func:`flower_fedavg` are what the ServerApp calls, by name, and they return plain arrays and
+JSON that the runtime hands back. Both paths give the same result objects and a ledger.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from distdd_nas.distill import DistilledSet, DistillResult, run_distill
+from distdd_nas.fedavg import FedAvgResult, run_fedavg
+from distdd_nas.federation import Engine, Ledger
+from distdd_nas.study import Study
+
+if TYPE_CHECKING:
+    from distdd_nas.federation.flower.apps import ServerRun
+
+OnRow = Callable[[dict[str, float]], None]
+SERVER_FNS = {
+    "distill": "distdd_nas.stages.on_engine:flower_distill",
+    "fedavg": "distdd_nas.stages.on_engine:flower_fedavg",
+}
+
+
+def distill_on(study: Study, engine: Engine, *, on_row: OnRow | None = None) -> DistillResult:
+    """The study's DistDD run on any engine (image shape and class count are metadata the
+    server knows, not data)."""
+    like = study.federation.train
+    return run_distill(
+        engine,
+        arch=study.reference,
+        input_shape=like.input_shape,
+        num_classes=like.num_classes,
+        settings=study.config.distill,
+        fraction=study.config.federation.fraction,
+        seed=study.config.study.seed,
+        test=study.federation.test if study.config.distill.eval_every else None,
+        on_iteration=on_row,
+    )
+
+
+def fedavg_on(study: Study, engine: Engine, *, on_row: OnRow | None = None) -> FedAvgResult:
+    """The study's FedAvg of its reference model on any engine."""
+    return run_fedavg(
+        engine,
+        arch=study.reference,
+        test=study.federation.test,
+        settings=study.fedavg_settings,
+        seed=study.config.study.seed,
+        on_round=on_row,
+    )
+
+
+def flower_distill(run: ServerRun) -> dict[str, Any]:
+    """ServerApp entry point: DistDD inside Flower; arrays come back through result.npz."""
+    assert run.study is not None, "flower_distill needs the study config in the run config"
+    result = distill_on(Study(run.study), run.engine)
+    return {
+        **result.synthetic.to_arrays(),
+        "client_class_counts": result.client_class_counts,
+        "history": result.history.to_dict(orient="list"),
+        "wall_s": result.wall_s,
+    }
+
+
+def flower_fedavg(run: ServerRun) -> dict[str, Any]:
+    """ServerApp entry point: FedAvg of the reference model inside Flower."""
+    assert run.study is not None, "flower_fedavg needs the study config in the run config"
+    result = fedavg_on(Study(run.study), run.engine)
+    return {
+        **{f"param/{k}": v for k, v in result.parameters.items()},
+        "history": result.history.to_dict(orient="list"),
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "rounds": result.rounds,
+        "wall_s": result.wall_s,
+    }
+
+
+def on_configured_engine(
+    study: Study, algorithm: Literal["distill", "fedavg"], *, on_row: OnRow | None = None
+) -> tuple[Any, Ledger]:
+    """Run ``distill`` or ``fedavg`` on the configured engine; return (result, ledger)."""
+    if study.config.federation.engine == "inprocess":
+        engine = study.make_engine()
+        try:
+            run = distill_on if algorithm == "distill" else fedavg_on
+            return run(study, engine, on_row=on_row), engine.ledger
+        finally:
+            engine.close()
+    from distdd_nas.federation.flower.runtime import run_on_flower
+
+    with tempfile.TemporaryDirectory(prefix=f"distdd-flower-{algorithm}-") as tmp:
+        out = run_on_flower(study.config, server_fn=SERVER_FNS[algorithm], out_dir=Path(tmp))
+    if algorithm == "distill":
+        synthetic = DistilledSet.from_arrays(out.arrays)
+        return DistillResult(
+            synthetic,
+            pd.DataFrame(out.result["history"]),
+            np.asarray(out.arrays["client_class_counts"]),
+            float(out.result["wall_s"]),
+        ), out.ledger
+    return FedAvgResult(
+        parameters={k.removeprefix("param/"): v for k, v in out.arrays.items()},
+        history=pd.DataFrame(out.result["history"]),
+        test_accuracy=float(out.result["test_accuracy"]),
+        test_loss=float(out.result["test_loss"]),
+        rounds=int(out.result["rounds"]),
+        wall_s=float(out.result["wall_s"]),
+    ), out.ledger

@@ -1,0 +1,197 @@
+"""Stage ``search``: an Optuna (or NNI) study on the distilled set; resumable; ``DIR/search/``.
+
+The Optuna storage persists across runs, so re-running ``search`` (or ``run``) continues the same
+study and never repeats or loses a finished trial; ``trials.csv`` and ``summary.json`` are
+replaced atomically at the end, the manifest last.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from distdd_nas.artifacts import stage_in_place
+from distdd_nas.config import StudyConfig, fingerprint
+from distdd_nas.errors import ConfigError
+from distdd_nas.search.backends import create_backend
+from distdd_nas.search.fedavg_objective import CurveObjective, FedAvgObjective
+from distdd_nas.search.objective import ProxyObjective, ProxyScorer, split_server_holdout
+from distdd_nas.stages.common import (
+    DISTILL_SECTIONS,
+    FEDAVG_SECTIONS,
+    Progress,
+    StageOutcome,
+    write_config,
+)
+from distdd_nas.stages.distill import ensure_distilled, load_distilled
+from distdd_nas.stages.proxy_files import save_proxy_inputs
+from distdd_nas.study import Study
+
+#: Search settings that define *which* study a trial belongs to (not how many trials to run).
+SEARCH_IDENTITY = (
+    "space",
+    "scoring",
+    "epochs",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "sampler",
+    "pruner",
+    "backend",
+    "objective",
+)
+
+
+def search_fingerprint(config: StudyConfig) -> str:
+    """Fingerprint of the distilled set plus the search settings that identify the study."""
+    identity = {k: getattr(config.search, k) for k in SEARCH_IDENTITY}
+    sections = FEDAVG_SECTIONS if config.search.objective == "fedavg" else DISTILL_SECTIONS
+    return fingerprint(config, sections, extra=identity)
+
+
+def fedavg_objective(study: Study) -> FedAvgObjective:
+    """The FedAvg-based search's objective: real FedAvg of each candidate on the clients.
+
+    Raises:
+        ConfigError: A backend other than Optuna (NNI would lose pruned trials' bytes).
+    """
+    if study.config.search.backend != "optuna":
+        raise ConfigError(
+            "search.objective=fedavg runs on the Optuna backend only (it prices every pruned "
+            'round); set search.backend="optuna"'
+        )
+    return FedAvgObjective(
+        make_engine=study.make_engine,
+        candidates=study.candidates,
+        test=study.federation.test,
+        base=study.fedavg_settings,
+        seed=study.config.study.seed,
+    )
+
+
+def make_objective(study: Study, distilled_path: Path, search_dir: Path) -> Any:
+    """The proxy objective on the distilled set (for NNI: a recipe its trial processes load)."""
+    config, fed = study.config, study.federation
+    sc = config.search
+    counts = pd.read_csv(distilled_path / "class_counts.csv").drop(columns="client").to_numpy()
+    holdout, _ = split_server_holdout(
+        fed.test, seed=config.study.seed, fraction=sc.holdout_fraction
+    )
+    scorer = ProxyScorer(
+        distilled=load_distilled(distilled_path),
+        like=fed.train,
+        scoring=sc.scoring,
+        holdout=holdout if sc.scoring == "server_holdout" else None,
+        engine=study.make_engine() if sc.scoring == "federated" else None,
+        client_class_counts=counts,
+        fedavg=study.fedavg_settings,
+        seed=config.study.seed,
+        seeds=sc.seeds_per_trial,
+        virtual_examples=sc.virtual_examples,
+    )
+    objective = ProxyObjective(scorer=scorer, candidates=study.candidates)
+    if sc.backend == "nni":  # NNI trials run in subprocesses: they rebuild it from files
+        return save_proxy_inputs(
+            search_dir / "nni" / "inputs", objective=objective, study_config=config.to_dict()
+        )
+    return objective
+
+
+def make_backend(study: Study, *, storage: str, study_name: str, workdir: Path) -> Any:
+    """The study's search backend (sampler, pruner, seed, reference enqueued first)."""
+    sc = study.config.search
+    return create_backend(
+        sc.backend,
+        space=study.space,
+        storage=storage,
+        study_name=study_name,
+        sampler=sc.sampler,
+        pruner=sc.pruner,
+        seed=study.config.study.seed,
+        workdir=workdir,
+        reference=study.space.point(study.candidates.reference_values(study.fedavg_settings)),
+        trial_timeout_s=sc.trial_timeout_s,
+        concurrency=sc.concurrency,
+    )
+
+
+def replay_fedavg_search(
+    study: Study, curves: pd.DataFrame, *, replicate: int, workdir: Path
+) -> pd.DataFrame:
+    """The study's FedAvg-based search replayed on ground-truth ``curves`` (no training): the
+    same backend, sampler, pruner and seed, observing replicate ``replicate``'s curves. On the
+    replicate the real search trains (0: the study seed) it makes the same decisions, so its
+    trial table (states, rounds, bytes) equals the real one's."""
+    objective = CurveObjective(
+        curves=curves,
+        candidates=study.candidates,
+        replicate=replicate,
+        rounds=study.fedavg_settings.rounds,
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    backend = make_backend(
+        study,
+        storage=f"sqlite:///{(workdir / 'replay.db').resolve()}",
+        study_name=f"replay-{replicate}",
+        workdir=workdir,
+    )
+    return backend.optimize(objective, n_trials=study.config.search.n_trials)
+
+
+def run_search_stage(
+    study: Study, out: Path, *, cache: Path, progress: Progress | None = None
+) -> StageOutcome:
+    """Optuna (or NNI) search on the distilled set, or with real FedAvg per candidate
+    (``search.objective``); resumable; writes ``DIR/search/``."""
+    start = time.perf_counter()
+    config = study.config
+    sc = config.search
+    space = study.space
+    search_dir = out / "search"
+    if sc.objective == "fedavg":
+        objective: Any = fedavg_objective(study)
+    else:
+        distilled_path = ensure_distilled(study, cache)
+        search_dir.mkdir(parents=True, exist_ok=True)
+        objective = make_objective(study, distilled_path, search_dir)
+    search_dir.mkdir(parents=True, exist_ok=True)  # (the FedAvg search needs no distilled set)
+    storage = sc.storage or f"sqlite:///{(search_dir / 'optuna.db').resolve()}"
+    study_name = f"{config.study.name}-{search_fingerprint(config)}"
+    backend = make_backend(study, storage=storage, study_name=study_name, workdir=search_dir)
+    seen: list[float] = []
+
+    def on_trial(row: dict[str, Any]) -> None:
+        value = row.get("value")
+        seen.append(float(value) if isinstance(value, int | float) else math.nan)
+        if progress is not None:
+            best = max((v for v in seen if not math.isnan(v)), default=math.nan)
+            progress(len(seen), sc.n_trials, {"best": best})
+
+    trials = backend.optimize(
+        objective, n_trials=sc.n_trials, timeout_s=sc.timeout_s, callback=on_trial
+    )
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
+    summary = {
+        "backend": sc.backend,
+        "space": space.name,
+        "space_size": space.size,
+        "study_name": study_name,
+        "storage": storage,
+        "n_trials": len(finished),
+        "n_complete": int((trials["state"] == "COMPLETE").sum()),
+        "best_value": float(finished["value"].max()) if len(finished) else float("nan"),
+        "bytes_up": int(trials["bytes_up"].sum()),
+        "bytes_down": int(trials["bytes_down"].sum()),
+        "trials_wall_s": float(finished["duration_s"].sum()),
+        "wall_s": time.perf_counter() - start,
+    }
+    write_config(config, out)
+    with stage_in_place(search_dir, fingerprint=search_fingerprint(config)) as w:
+        w.csv("trials.csv", trials)
+        w.json("summary.json", summary)
+    return StageOutcome(search_dir, summary)

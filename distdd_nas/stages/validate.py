@@ -1,0 +1,103 @@
+"""Stage ``validate``: real FedAvg on the proxy's top-k plus seeded random controls.
+
+Each selected candidate is rebuilt through the study's candidate factory (the network FedAvg
+trains is exactly the one the proxy scored) and trained on a fresh in-process engine, so its
+bytes are its own. A finished validation of the same trials and settings is reused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from distdd_nas.artifacts import is_complete, load_json, stage
+from distdd_nas.config import fingerprint
+from distdd_nas.errors import ArtifactError
+from distdd_nas.fedavg import run_fedavg
+from distdd_nas.report.metrics import ranking_metrics
+from distdd_nas.search.ranking import rank_trials, select_for_validation
+from distdd_nas.seeding import derive_seed
+from distdd_nas.stages.common import VALIDATE_SECTIONS, Progress, StageOutcome
+from distdd_nas.study import Study
+
+
+def read_trials(out: Path) -> pd.DataFrame:
+    """The finished search's trial table of a run directory."""
+    if not is_complete(out / "search"):
+        raise ArtifactError(
+            f"{out / 'search'} holds no finished search; run 'distdd-nas search' "
+            "for this study first"
+        )
+    return pd.read_csv(out / "search" / "trials.csv")
+
+
+def run_validate_stage(
+    study: Study, out: Path, *, progress: Progress | None = None
+) -> StageOutcome:
+    """Train the selection with FedAvg; write validation.csv, ranking.csv, ledger, summary."""
+    start = time.perf_counter()
+    config = study.config
+    trials = read_trials(out)
+    fp = fingerprint(config, VALIDATE_SECTIONS, extra=trials.to_json())
+    if is_complete(out / "validate", fp):  # same trials, same settings: FedAvg already done
+        summary = load_json(out / "validate" / "summary.json")
+        return StageOutcome(out / "validate", {**summary, "cache_hit": True})
+    ranking = rank_trials(trials)
+    v = config.validate_
+    selection = select_for_validation(
+        ranking,
+        top_k=v.top_k,
+        n_random=v.n_random,
+        seed=derive_seed(config.study.seed, "validate"),
+    )
+    base = study.fedavg_settings
+    if v.rounds is not None:
+        base = replace(base, rounds=v.rounds)
+    rows, ledgers = [], []
+    for i, row in selection.iterrows():
+        candidate = study.candidates.from_row(row.to_dict())
+        engine = study.make_engine()
+        result = run_fedavg(
+            engine,
+            arch=candidate.arch,
+            test=study.federation.test,
+            settings=candidate.fedavg_settings(base),
+            seed=config.study.seed,
+        )
+        rows.append(
+            {
+                "candidate_id": candidate.candidate_id,
+                "selected_as": row["selected_as"],
+                "proxy_rank": int(row["proxy_rank"]),
+                "proxy_score": float(row["value"]),
+                "fedavg_accuracy": result.test_accuracy,
+                "model": candidate.arch.short_name(),
+                "num_parameters": study.num_parameters(candidate.arch),
+                "rounds": result.rounds,
+                "bytes_up": engine.ledger.bytes_up,
+                "bytes_down": engine.ledger.bytes_down,
+                "wall_s": result.wall_s,
+            }
+        )
+        ledgers.append(engine.ledger.to_frame().assign(candidate_id=candidate.candidate_id))
+        if progress is not None:
+            progress(int(i) + 1, len(selection), {"test_accuracy": result.test_accuracy})
+    table = pd.DataFrame(rows)
+    summary = {
+        "n_validated": len(table),
+        "top_k": v.top_k,
+        "n_random": v.n_random,
+        **ranking_metrics(table, top_k=v.top_k),
+        "bytes_up": int(table["bytes_up"].sum()),
+        "bytes_down": int(table["bytes_down"].sum()),
+        "wall_s": time.perf_counter() - start,
+    }
+    with stage(out / "validate", fingerprint=fp) as w:
+        w.csv("validation.csv", table)
+        w.csv("ranking.csv", ranking)
+        w.csv("ledger.csv", pd.concat(ledgers, ignore_index=True))
+        w.json("summary.json", summary)
+    return StageOutcome(out / "validate", summary)

@@ -1,0 +1,124 @@
+"""bench/proxies.py end to end on a tiny smoke ground-truth table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+
+from distdd_nas.cli import main as cli_main
+from tests.conftest import REPO, SMOKE
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_proxies", REPO / "bench" / "proxies.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(300)
+def test_proxies_script_on_a_smoke_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "table"
+    gt = ["--set", "groundtruth.candidates=6", "--set", "groundtruth.rounds=4"]
+    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
+    capsys.readouterr()
+    argv = [
+        "--study",
+        str(SMOKE),
+        "--table",
+        str(table),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "2",
+        "--epochs-long",
+        "4",
+        "--boot",
+        "100",
+        "--threads",
+        "1",
+    ]
+    assert _script().main(argv) == 0
+    out = capsys.readouterr().out
+    assert "the table's 6 candidates are this study's plan" in out
+    labels = [
+        "seed-vs-seed ceiling (FedAvg, other seed, 4 rounds)",
+        "DistDD proxy, 2 epochs",
+        "DistDD proxy, 4 epochs",
+        "random real subset, 2 epochs (centralized reference)",
+        "FedAvg after 1 round(s)",
+        "FedAvg after 2 round(s)",
+        "FedAvg after 4 round(s)",
+        "parameter count (larger = better)",
+        "NASWOT at init (distilled set)",
+    ]
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    body = [r for r in rows if not r.startswith("| proxy ")]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in body] == labels * 2  # all, half
+    assert body[0].split(" | ")[1] == "6" and body[len(labels)].split(" | ")[1] == "3"
+    assert "Kendall τ [90 % CI]" in out and "## Better half (by truth)" in out
+
+    frame = pd.read_csv(table / "proxies.csv")
+    assert len(frame) == 6 and frame["candidate_id"].is_unique
+    for col in ("truth", "seed_ceiling", "distdd_e2", "distdd_e4", "random_real_e2", "naswot"):
+        assert frame[col].notna().all(), col
+    assert (frame["distdd_e2_bytes"] > 0).all() and (frame["naswot_bytes"] == 0).all()
+    md = (table / "proxies.md").read_text()
+    assert md.splitlines()[2].startswith("`python bench/proxies.py --study ")
+    assert "Date: " in md and "seed-vs-seed ceiling" in md
+
+
+def _search_cost() -> ModuleType:
+    path = REPO / "bench" / "search_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_search_cost", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(300)
+def test_search_cost_script_on_a_smoke_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table, cache = tmp_path / "table", tmp_path / "cache"
+    gt = ["--set", "groundtruth.candidates=8", "--set", "groundtruth.rounds=3"]
+    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
+    common = ["--study", str(SMOKE), "--table", str(table), "--cache", str(cache)]
+    assert _script().main([*common, "--epochs", "2", "--epochs-long", "2", "--boot", "50"]) == 0
+    capsys.readouterr()
+    argv = [
+        *common,
+        "--proxy",
+        "distdd_e2",
+        "--size",
+        "6",
+        "--repetitions",
+        "3",
+        "--random-budget",
+        "3",
+        "--top-k",
+        "2",
+    ]
+    assert _search_cost().main(argv) == 0
+    text = (table / "search_cost.md").read_text()
+    assert text == capsys.readouterr().out
+    for method in (
+        "random search, full FedAvg (3 candidates)",
+        "FedAvg + successive halving (6 candidates)",
+        "FedAvg + hyperband (6 candidates)",
+        "DistDD-NAS (proxy on 6, top 2 FedAvg)",
+    ):
+        assert method in text
+    assert "MB sent as the pool grows (computed from the measured per-candidate means" in text
+    assert _search_cost().main([*common, "--proxy", "nope"]) == 2

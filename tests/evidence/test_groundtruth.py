@@ -1,0 +1,183 @@
+"""Ground truth: sampling, the resumable table, and the stage end to end (killed and resumed)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distdd_nas.artifacts import AppendTable
+from distdd_nas.cli import main
+from distdd_nas.errors import ArtifactError, ConfigError
+from distdd_nas.evidence.groundtruth import CURVE_COLUMNS, sample_candidates
+from distdd_nas.stages.groundtruth import seed_vs_seed_tau
+from distdd_nas.study import Study
+from tests.conftest import REPO, SMOKE, smoke
+
+GT = ["--set", "groundtruth.candidates=3", "--set", "groundtruth.rounds=2"]
+
+
+def test_sampling_is_distinct_prefix_stable_and_reference_first() -> None:
+    study = Study(smoke())
+    ref = study.candidates({})
+    five = sample_candidates(study.space, study.candidates, n=5, seed=3, reference=ref)
+    three = sample_candidates(study.space, study.candidates, n=3, seed=3, reference=ref)
+    other = sample_candidates(study.space, study.candidates, n=5, seed=4, reference=ref)
+    ids = [c.candidate_id for c in five]
+    assert ids[0] == ref.candidate_id and len(set(ids)) == 5
+    assert [c.candidate_id for c in three] == ids[:3]
+    assert [c.candidate_id for c in other] != ids
+    for c in five[1:]:  # every drawn candidate is a point of the space
+        assert study.space.point({**c.params}) is not None
+
+
+def test_a_space_too_small_for_n_is_a_config_error() -> None:
+    study = Study(smoke())
+    size = int(study.space.size)
+    with pytest.raises(ConfigError, match=r"gave only \d+ distinct candidates.*ask for fewer"):
+        sample_candidates(
+            study.space, study.candidates, n=size + 2, seed=0, reference=study.candidates({})
+        )
+
+
+def test_append_table_drops_a_torn_last_line(tmp_path: Path) -> None:
+    table = AppendTable(tmp_path / "t.csv", ("a", "b"))
+    table.append(pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}))
+    with (tmp_path / "t.csv").open("a") as fh:
+        fh.write("3,0.1")  # a kill mid-write: no newline
+    back = table.read()
+    assert back["a"].tolist() == [1, 2]
+    assert (tmp_path / "t.csv").read_text().endswith("0.25\n")
+    table.append(pd.DataFrame({"a": [3], "b": [1.0]}))
+    assert table.read()["a"].tolist() == [1, 2, 3]
+    with pytest.raises(ArtifactError, match=r"has columns \['a', 'b'\].*use another --out"):
+        AppendTable(tmp_path / "t.csv", ("x", "y")).read()
+
+
+def test_seed_vs_seed_tau_on_a_hand_made_table() -> None:
+    acc0, acc1 = [0.1, 0.2, 0.3, 0.4], [0.1, 0.3, 0.2, 0.4]  # one discordant pair of 6
+    rows = [
+        {"candidate_id": f"c{i}", "replicate": r, "round": 2, "test_accuracy": a}
+        for r, accs in ((0, acc0), (1, acc1))
+        for i, a in enumerate(accs)
+    ]
+    assert seed_vs_seed_tau(pd.DataFrame(rows), round=2) == pytest.approx((5 - 1) / 6)
+    only_one = pd.DataFrame([r for r in rows if r["replicate"] == 0])
+    assert np.isnan(seed_vs_seed_tau(only_one, round=2))
+
+
+def test_groundtruth_stage_writes_every_round_and_matches_validation_seed(tmp_path: Path) -> None:
+    assert main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT]) == 0
+    stage = tmp_path / "groundtruth"
+    curves = pd.read_csv(stage / "curves.csv")
+    candidates = pd.read_csv(stage / "candidates.csv")
+    assert tuple(curves.columns) == CURVE_COLUMNS
+    assert len(curves) == 3 * 2 * 2  # candidates × replicates × rounds
+    assert candidates["is_reference"].tolist() == [True, False, False]
+    assert sorted(curves["seed"].unique().tolist()) == [0, 1]  # study seed + replicate
+    first = curves.groupby(["candidate_id", "replicate"])["bytes_up"].apply(
+        lambda b: b.is_monotonic_increasing
+    )
+    assert first.all()
+    assert (stage / "manifest.json").exists() and (stage / "summary.json").exists()
+    # Replicate 0 is exactly the FedAvg that validation and the fedavg stage train.
+    assert (
+        main(["fedavg", str(SMOKE), "--out", str(tmp_path / "f"), "--set", "fedavg.rounds=2"]) == 0
+    )
+    history = pd.read_csv(tmp_path / "f" / "fedavg" / "history.csv")
+    ref = curves[
+        (curves["candidate_id"] == candidates["candidate_id"][0]) & (curves["replicate"] == 0)
+    ]
+    np.testing.assert_array_equal(
+        ref["test_accuracy"].to_numpy(), history["test_accuracy"].to_numpy()
+    )
+
+
+def test_other_settings_on_the_same_directory_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT]) == 0
+    before = (tmp_path / "groundtruth" / "curves.csv").read_bytes()
+    code = main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT, "--set", "fedavg.lr=0.2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "made under other settings" in err and "another --out" in err
+    assert (tmp_path / "groundtruth" / "curves.csv").read_bytes() == before
+
+
+def test_killed_groundtruth_resumes_to_the_same_table(tmp_path: Path) -> None:
+    """SIGKILL after the first unit is on disk; the resumed table equals an uninterrupted one
+    (wall seconds aside) and no unit is trained twice."""
+    args = [
+        "groundtruth",
+        str(SMOKE),
+        "--set",
+        "groundtruth.candidates=3",
+        "--set",
+        "groundtruth.rounds=3",
+    ]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distdd_nas.cli", "--threads", "1", *args, "--out", str(killed)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    curves = killed / "groundtruth" / "curves.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if curves.exists() and len(curves.read_text().splitlines()) > 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = AppendTable(curves, CURVE_COLUMNS).read()
+    assert 0 < len(partial) < 3 * 2 * 3
+    assert main([*args, "--out", str(killed)]) == 0
+    a = pd.read_csv(tmp_path / "whole" / "groundtruth" / "curves.csv").drop(columns="wall_s")
+    b = pd.read_csv(curves).drop(columns="wall_s")
+    pd.testing.assert_frame_equal(a, b)
+    assert not b.duplicated(["candidate_id", "replicate", "round"]).any()
+
+
+def test_two_shards_fill_the_same_table_as_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["groundtruth", str(SMOKE), "--out", str(tmp_path / "one"), *GT]) == 0
+    shared = tmp_path / "shared"
+    assert main(["groundtruth", str(SMOKE), "--out", str(shared), *GT, "--shard", "1/2"]) == 0
+    assert not (shared / "groundtruth" / "manifest.json").exists()  # shard 0 still missing
+    assert main(["groundtruth", str(SMOKE), "--out", str(shared), *GT, "--shard", "0/2"]) == 0
+    assert (shared / "groundtruth" / "manifest.json").exists()
+    key = ["candidate_id", "replicate", "round"]
+    a = pd.read_csv(tmp_path / "one" / "groundtruth" / "curves.csv").drop(columns="wall_s")
+    b = pd.read_csv(shared / "groundtruth" / "curves.csv").drop(columns="wall_s")
+    pd.testing.assert_frame_equal(
+        a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    )
+    capsys.readouterr()
+    assert main(["groundtruth", str(SMOKE), "--out", str(shared), "--shard", "2/2"]) == 2
+    assert "is not K/N with 0 <= K < N" in capsys.readouterr().err
+
+
+def test_a_killed_writers_partial_block_is_dropped_and_retrained(tmp_path: Path) -> None:
+    assert main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT]) == 0
+    curves = tmp_path / "groundtruth" / "curves.csv"
+    whole = curves.read_text()
+    lines = whole.splitlines(keepends=True)
+    curves.write_text("".join(lines[:-1]) + lines[-1][:10])  # last unit: 1 of 2 rows + a tear
+    assert main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT]) == 0
+    again = pd.read_csv(curves).drop(columns="wall_s")
+    pd.testing.assert_frame_equal(
+        again, pd.read_csv(io.StringIO(whole)).drop(columns="wall_s"), check_like=False
+    )

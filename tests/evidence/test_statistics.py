@@ -1,0 +1,122 @@
+"""Ranking statistics with bootstrap intervals, against hand-made cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from distdd_nas.errors import ConfigError
+from distdd_nas.evidence.statistics import (
+    Interval,
+    better_half,
+    proxy_evidence,
+    ranking_evidence,
+    top1_regret,
+    topk_overlap,
+)
+from distdd_nas.seeding import numpy_rng
+
+
+def test_one_discordant_pair_of_four_gives_tau_four_sixths() -> None:
+    ev = ranking_evidence([1.0, 2.0, 3.0, 4.0], [0.1, 0.2, 0.4, 0.3], seed=0, boot=200)
+    assert ev.tau.point == pytest.approx(4 / 6)
+    assert ev.rho.point == pytest.approx(1 - 6 * 2 / (4 * 15))  # one swapped neighbour pair
+    assert ev.regret.point == pytest.approx(0.1)  # proxy picks 0.3, best is 0.4
+    assert ev.n == 4 and ev.k == 4 and ev.topk.point == 1.0
+
+
+def test_perfect_and_reversed_rankings() -> None:
+    truth = np.linspace(0.5, 0.9, 10)
+    perfect = ranking_evidence(truth * 3, truth, seed=1, boot=300)
+    assert perfect.tau.point == pytest.approx(1.0) and perfect.rho.point == pytest.approx(1.0)
+    assert perfect.topk.point == 1.0 and perfect.regret.point == 0.0
+    assert perfect.regret.low == perfect.regret.high == 0.0  # every resample: regret 0
+    reversed_ = ranking_evidence(-truth, truth, seed=1, boot=300)
+    assert reversed_.tau.point == pytest.approx(-1.0)
+    assert reversed_.rho.point == pytest.approx(-1.0)
+    assert reversed_.topk.point == 0.0
+    assert reversed_.regret.point == pytest.approx(0.4)
+
+
+def test_known_top5_overlap_and_regret() -> None:
+    truth = np.arange(10, dtype=float) / 10  # best: index 9, top-5: 5..9
+    proxy = np.array([9.0, 8, 0, 0, 0, 0, 7, 6, 5, 0.5])  # top-5: 0, 1, 6, 7, 8
+    assert topk_overlap(proxy, truth, 5) == pytest.approx(3 / 5)  # 6, 7, 8
+    assert top1_regret(proxy, truth) == pytest.approx(0.9)  # picks index 0
+    ev = ranking_evidence(proxy, truth, seed=0, boot=100)
+    assert ev.topk.point == pytest.approx(0.6) and ev.regret.point == pytest.approx(0.9)
+
+
+def test_ties_in_the_proxy_go_to_the_earlier_candidate() -> None:
+    assert top1_regret([1.0, 1.0, 0.0], [0.2, 0.5, 0.1]) == pytest.approx(0.3)
+    assert top1_regret([1.0, 1.0, 0.0], [0.5, 0.2, 0.1]) == 0.0
+
+
+def test_bootstrap_is_deterministic_with_a_seed_and_varies_with_it() -> None:
+    rng = numpy_rng(5, "test")
+    truth = rng.uniform(size=20)
+    proxy = truth + rng.normal(scale=0.2, size=20)
+    a = ranking_evidence(proxy, truth, seed=7, boot=500)
+    b = ranking_evidence(proxy, truth, seed=7, boot=500)
+    c = ranking_evidence(proxy, truth, seed=8, boot=500)
+    assert a == b
+    assert (a.tau.low, a.tau.high) != (c.tau.low, c.tau.high)
+    assert a.tau.point == c.tau.point
+
+
+def _noisy(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = numpy_rng(0, "noisy", n)
+    truth = rng.uniform(0.5, 0.9, size=n)
+    return truth + rng.normal(scale=0.08, size=n), truth
+
+
+def test_intervals_contain_the_point_and_narrow_as_n_grows() -> None:
+    small = ranking_evidence(*_noisy(8), seed=0)
+    large = ranking_evidence(*_noisy(200), seed=0)
+    for ev in (small, large):
+        for name in ("tau", "rho", "topk", "regret"):
+            interval: Interval = getattr(ev, name)
+            assert interval.contains(interval.point), (ev.n, name, interval)
+    for name in ("tau", "rho"):
+        w_small = getattr(small, name).high - getattr(small, name).low
+        w_large = getattr(large, name).high - getattr(large, name).low
+        assert w_large < w_small / 2, (name, w_small, w_large)
+    assert small.boot == 2000 and small.confidence == 0.9
+
+
+def test_nan_resamples_are_dropped_and_counted() -> None:
+    # Two candidates: a resample of one candidate twice has constant values (τ undefined).
+    ev = ranking_evidence([0.0, 1.0], [0.3, 0.6], seed=0, boot=400)
+    assert ev.tau.point == pytest.approx(1.0)
+    assert 0 < ev.tau.valid < 400  # about half the resamples repeat one candidate
+    assert not math.isnan(ev.tau.low) and ev.tau.high == pytest.approx(1.0)
+    assert ev.regret.valid == 400
+
+
+def test_better_half_is_the_top_half_by_truth() -> None:
+    truth = np.array([0.1, 0.9, 0.5, 0.7, 0.2])
+    assert better_half(truth).tolist() == [1, 3]
+    proxy = np.array([0.0, 1.0, 0.5, 0.2, 0.1])
+    ev = proxy_evidence(proxy, truth, seed=0, boot=200)
+    assert ev.all.n == 5 and ev.better_half.n == 2
+    assert ev.better_half.tau.point == pytest.approx(1.0)
+    row = ev.to_row()
+    assert row["n"] == 5 and row["half_n"] == 2 and row["half_tau"] == pytest.approx(1.0)
+    assert {"tau_low", "tau_high", "regret", "half_topk_high"} <= set(row)
+
+
+def test_length_mismatch_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"same length, one value per candidate"):
+        ranking_evidence([0.1, 0.2, 0.3], [0.1, 0.2], seed=0)
+    with pytest.raises(ConfigError, match=r"hold NaN"):
+        ranking_evidence([0.1, math.nan], [0.1, 0.2], seed=0)
+    with pytest.raises(ConfigError, match=r"at least 2"):
+        proxy_evidence([0.1], [0.1], seed=0)
+
+
+def test_interval_formatting() -> None:
+    assert Interval(0.5, 0.25, 0.75).format(2) == "0.50 [0.25, 0.75]"
+    assert Interval(0.01, 0.0, 0.02).format(1, scale=100) == "1.0 [0.0, 2.0]"
+    assert Interval(math.nan, math.nan, math.nan).format() == "nan [nan, nan]"

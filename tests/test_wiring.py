@@ -1,0 +1,88 @@
+"""The real ``run`` on the smoke study is wired as documented: one federation per process, and
+the report the CLI writes is exactly :mod:`distdd_nas.report` applied to the stages' files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import distdd_nas.study as study_module
+from distdd_nas.config import StudyConfig
+from distdd_nas.pipeline import run_all
+from distdd_nas.report import communication_cost, render_markdown, study_summary
+from distdd_nas.study import Study
+from tests.conftest import smoke
+
+pytestmark = pytest.mark.timeout(300)
+
+FAST = (
+    "distill.iterations=2",
+    "distill.eval.epochs=10",
+    "distill.eval.num_models=1",
+    "search.epochs=5",
+    "search.n_trials=6",
+    "fedavg.rounds=2",
+    "fedavg.local_epochs=1",
+    "validate.top_k=2",
+    "validate.n_random=1",
+)
+
+
+def test_run_builds_the_federation_once_and_reports_through_the_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[StudyConfig] = []
+    real = study_module.build_federation
+
+    def counting(config: StudyConfig) -> study_module.Federation:
+        built.append(config)
+        return real(config)
+
+    monkeypatch.setattr(study_module, "build_federation", counting)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    study = Study(smoke(*FAST))
+    run_all(study, out, cache=cache)
+    assert len(built) == 1  # distil, evaluate, search, validate and report share it
+
+    # The report equals the library's functions applied, independently, to the stage files.
+    trials = pd.read_csv(out / "search" / "trials.csv")
+    validation = pd.read_csv(out / "validate" / "validation.csv")
+    distilled = next((cache / "distilled").iterdir())
+    cost = communication_cost(
+        trials=trials,
+        validation=validation,
+        rounds=2,
+        clients_per_round=4,
+        num_clients=4,
+        distill_ledger=pd.read_csv(distilled / "comm.csv"),
+        distill_s=json.loads((distilled / "manifest.json").read_text())["wall_s"],
+        validation_ledger=pd.read_csv(out / "validate" / "ledger.csv"),
+    )
+    written = json.loads((out / "report" / "summary.json").read_text())
+    expected = study_summary(
+        validation=validation,
+        cost=cost,
+        n_trials=cost.n_candidates,
+        top_k=2,
+        extra={
+            k: written[k]
+            for k in ("study", "distilled_accuracy", "random_real_accuracy", "storage")
+        },
+    )
+    assert json.loads(json.dumps(expected)) == written
+    text = render_markdown(
+        written,
+        validation=validation,
+        ranking=pd.read_csv(out / "validate" / "ranking.csv"),
+        title="distdd-nas report: smoke",
+        description=study.config.study.description,
+    )
+    assert (out / "report" / "report.md").read_text() == text
+
+    # Duplicates are not priced: one FedAvg run per distinct finished candidate.
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
+    assert written["n_candidates"] == finished["candidate_id"].nunique()
+    assert written["n_trials"] == finished["candidate_id"].nunique()
