@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
-.PHONY: setup data test lint typecheck pytest demo bench clean
+.PHONY: setup data test lint typecheck pytest demo bench groundtruth evidence clean
 
 setup: $(STAMP) data
 
@@ -46,6 +46,18 @@ demo: setup
 bench: setup
 	$(PY) bench/fedavg_round.py
 	$(PY) bench/distill_step.py
+
+# The quickstart ground truth (resumable: re-run to continue; N processes share it with --shard).
+groundtruth: setup
+	$(VENV)/bin/distdd-nas --threads 1 groundtruth studies/quickstart.toml \
+	  --set groundtruth.rounds=16 --out bench/data/quickstart
+
+# Every cheap proxy against the ground truth, then the search cost at equal quality.
+evidence: setup
+	$(PY) bench/proxies.py --study studies/quickstart.toml --table bench/data/quickstart \
+	  --cache artifacts --threads 1
+	$(PY) bench/search_cost.py --study studies/quickstart.toml --table bench/data/quickstart \
+	  --cache artifacts --proxy distdd_e100
 
 clean:
 	rm -rf runs artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -61,7 +61,7 @@ from distdd_nas.stages.search import make_objective
 from distdd_nas.study import Study
 
 #: FedAvg rounds read as proxies (those beyond the table's rounds are skipped).
-FEDAVG_ROUNDS = (1, 2, 4)
+FEDAVG_ROUNDS = (1, 2, 4, 8)
 #: Config sections the ground-truth accuracies depend on (besides study.seed).
 TRUTH_SECTIONS = ("data", "partition", "noise", "federation", "fedavg")
 
@@ -127,7 +127,13 @@ def check_plan(study: Study, table: Table) -> list[str]:
             "table's candidates as rebuilt from their params_* columns"
         )
     ours = study.config.to_dict()
-    changed = [s for s in TRUTH_SECTIONS if ours.get(s) != table.config.get(s)]
+    untimed = ("rounds", "eval_every")  # the table's own rounds replace fedavg.rounds
+
+    def section(tree: dict[str, Any], name: str) -> Any:
+        part = tree.get(name)
+        return {k: v for k, v in part.items() if k not in untimed} if name == "fedavg" else part
+
+    changed = [s for s in TRUTH_SECTIONS if section(ours, s) != section(table.config, s)]
     if ours["study"]["seed"] != table.config["study"]["seed"]:
         changed.append("study.seed")
     if changed:
@@ -319,8 +325,26 @@ def run(args: argparse.Namespace, command: str) -> str:
         *[f"- {n}" for n in notes],
     ]
     text = render(results, head=head, k=results[0][2].all.k)
+    text += settling(table, ids, truth, seed=config.study.seed, boot=args.boot)
     write_atomic(args.table / "proxies.md", text)
     return text
+
+
+def settling(table: Table, ids: list[str], truth: ProxyScores, *, seed: int, boot: int) -> str:
+    """Has the ranking settled by the final round? Same seed (replicate 0): Kendall τ between
+    the accuracy after r rounds and after R, for r = R/4, R/2, 3R/4."""
+    lines = [
+        "",
+        f"## Has the ranking settled by round {table.rounds}? (same seed, replicate 0)",
+        "",
+        "| rounds r | Kendall τ(r, R) [90 % CI] |",
+        "|---|---|",
+    ]
+    for r in sorted({max(1, table.rounds * q // 4) for q in (1, 2, 3)}):
+        early = fedavg_after(table.curves, rounds=r, replicate=0, candidate_ids=ids)
+        ev = proxy_evidence(early.scores, truth.scores, seed=seed, boot=boot).all
+        lines.append(f"| {r} | {ev.tau.format(2)} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,7 +69,16 @@ def test_run_builds_the_federation_once_and_reports_through_the_library(
         top_k=2,
         extra={
             k: written[k]
-            for k in ("study", "distilled_accuracy", "random_real_accuracy", "storage")
+            for k in (
+                "study",
+                "distilled_accuracy",
+                "random_real_accuracy",
+                "storage",
+                "fedavg_rounds",
+                "kendall_tau_low",
+                "kendall_tau_high",
+                "cost_basis",
+            )
         },
     )
     assert json.loads(json.dumps(expected)) == written
@@ -81,6 +90,17 @@ def test_run_builds_the_federation_once_and_reports_through_the_library(
         description=study.config.study.description,
     )
     assert (out / "report" / "report.md").read_text() == text
+
+    # One number of rounds: the FedAvg side is priced at the rounds validation trained, and a
+    # validated candidate's FedAvg cost is exactly what its ledger measured.
+    assert written["fedavg_rounds"] == 2 == int(validation["rounds"].iloc[0])
+    assert "trained for 2 rounds" in written["cost_basis"]
+    measured = validation.drop_duplicates("candidate_id")
+    assert cost.fedavg_bytes_per_candidate * cost.n_candidates >= float(
+        (measured["bytes_up"] + measured["bytes_down"]).sum()
+    )
+    assert written["kendall_tau_low"] <= written["kendall_tau"] <= written["kendall_tau_high"]
+    assert f"n = {written['n_validated']}, 90 % bootstrap interval" in text
 
     # Duplicates are not priced: one FedAvg run per distinct finished candidate.
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]

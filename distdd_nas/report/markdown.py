@@ -47,6 +47,14 @@ def _bytes(value: Any) -> str:
     return f"{v / 2**20:,.1f} MiB" if v < 2**30 else f"{v / 2**30:,.2f} GiB"
 
 
+def _interval(s: Mapping[str, Any]) -> str:
+    """ ", 90 % bootstrap interval [lo, hi]" when the summary carries one."""
+    lo, hi = s.get("kendall_tau_low"), s.get("kendall_tau_high")
+    if lo is None or hi is None:
+        return ""
+    return f", 90 % bootstrap interval [{_num(lo, '.2f')}, {_num(hi, '.2f')}]"
+
+
 def _cost_section(s: Mapping[str, Any]) -> list[str]:
     """The cost table and the break-even sentence."""
     be = s["break_even_candidates"]
@@ -63,8 +71,8 @@ def _cost_section(s: Mapping[str, Any]) -> list[str]:
         f"{_bytes(s.get('bytes_validate'))} | {_num(s.get('wall_s_validate'), '.0f')} |",
         f"| **DistDD total** | {_bytes(s['bytes_distdd_total'])} | "
         f"{_num(s.get('wall_s_distdd_total'), '.0f')} |",
-        f"| FedAvg per candidate, all {s.get('n_candidates', s['n_trials'])} (measured + "
-        f"extrapolated) | {_bytes(s['bytes_fedavg_nas_total'])} | "
+        f"| FedAvg per distinct candidate, all {s.get('n_candidates', s['n_trials'])} (measured + "
+        f"computed) | {_bytes(s['bytes_fedavg_nas_total'])} | "
         f"{_num(s.get('wall_s_fedavg_nas_total'), '.0f')} |",
         f"| ratio FedAvg-NAS / DistDD | {_num(s['comm_ratio'], '.2f')}× | "
         f"{_num(s.get('time_ratio'), '.2f')}× |",
@@ -82,6 +90,11 @@ def _cost_section(s: Mapping[str, Any]) -> list[str]:
             else "."
         ),
         "",
+        *(
+            [f"What is measured and what is computed: {s['cost_basis']}.", ""]
+            if s.get("cost_basis")
+            else []
+        ),
     ]
 
 
@@ -122,8 +135,10 @@ def render_markdown(
         "",
         f"- trials searched: {s['n_trials']}; validated with FedAvg: {s['n_validated']}"
         + (f" (top {s['top_k']} by proxy + random controls)" if "top_k" in s else ""),
-        f"- Kendall τ = {_num(s['kendall_tau'])}, Spearman ρ = {_num(s['spearman_rho'])}, "
-        f"top-k overlap = {_num(s.get('topk_overlap'), '.2f')}",
+        f"- Kendall τ = {_num(s['kendall_tau'])} (n = {s['n_validated']}{_interval(s)}), "
+        f"Spearman ρ = {_num(s['spearman_rho'])}, "
+        f"top-k overlap = {_num(s.get('topk_overlap'), '.2f')}"
+        + (f"; FedAvg accuracy after {s['fedavg_rounds']} rounds" if "fedavg_rounds" in s else ""),
         f"- regret of the proxy's top-1 = {_num(s['top1_regret'], '.4f')} (best validated "
         f"FedAvg accuracy {_num(s.get('best_fedavg_accuracy'), '.4f')}, proxy's top-1 "
         f"{_num(s.get('proxy_top1_fedavg_accuracy'), '.4f')})",

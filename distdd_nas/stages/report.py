@@ -50,8 +50,19 @@ def run_report_stage(study: Study, out: Path, *, cache: Path) -> StageOutcome:
         distill_s=float((read_manifest(cached) or {}).get("wall_s", 0.0)),
         validation_ledger=pd.read_csv(out / "validate" / "ledger.csv"),
     )
+    validated = load_json(out / "validate" / "summary.json")
     extra: dict[str, Any] = {
         "study": config.study.name,
+        "fedavg_rounds": rounds,
+        "kendall_tau_low": validated.get("kendall_tau_low"),
+        "kendall_tau_high": validated.get("kendall_tau_high"),
+        "cost_basis": (
+            f"measured: distillation, proxy scoring and validation bytes (ledgers) and seconds; "
+            f"FedAvg-NAS: each distinct candidate trained for {rounds} rounds (the validation's "
+            "rounds), measured for the validated candidates and computed for the others from "
+            "their parameter count times the measured bytes per parameter and round; the final "
+            "training of the chosen model is on both sides"
+        ),
         "distilled_accuracy": distill.get("test_accuracy_mean"),
         "random_real_accuracy": distill.get("random_real_accuracy_mean"),
         "storage": search.get("storage"),

@@ -16,6 +16,7 @@ import pandas as pd
 from distdd_nas.artifacts import is_complete, load_json, stage
 from distdd_nas.config import fingerprint
 from distdd_nas.errors import ArtifactError
+from distdd_nas.evidence.statistics import ranking_evidence
 from distdd_nas.fedavg import run_fedavg
 from distdd_nas.report.metrics import ranking_metrics
 from distdd_nas.search.ranking import rank_trials, select_for_validation
@@ -32,6 +33,15 @@ def read_trials(out: Path) -> pd.DataFrame:
             "for this study first"
         )
     return pd.read_csv(out / "search" / "trials.csv")
+
+
+def tau_interval(table: pd.DataFrame, *, seed: int) -> dict[str, float]:
+    """Kendall τ's 90 % percentile-bootstrap interval over the validated candidates (with so
+    few candidates it is wide; the report prints it beside τ and n)."""
+    if len(table) < 2:
+        return {"kendall_tau_low": float("nan"), "kendall_tau_high": float("nan")}
+    ev = ranking_evidence(table["proxy_score"], table["fedavg_accuracy"], seed=seed, boot=2000)
+    return {"kendall_tau_low": ev.tau.low, "kendall_tau_high": ev.tau.high}
 
 
 def run_validate_stage(
@@ -90,7 +100,9 @@ def run_validate_stage(
         "n_validated": len(table),
         "top_k": v.top_k,
         "n_random": v.n_random,
+        "rounds": int(table["rounds"].iloc[0]),
         **ranking_metrics(table, top_k=v.top_k),
+        **tau_interval(table, seed=config.study.seed),
         "bytes_up": int(table["bytes_up"].sum()),
         "bytes_down": int(table["bytes_down"].sum()),
         "wall_s": time.perf_counter() - start,

@@ -14,8 +14,10 @@ from distdd_nas.cli import main as cli_main
 from tests.conftest import REPO, SMOKE
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_proxies", REPO / "bench" / "proxies.py")
+def _bench(name: str) -> ModuleType:
+    """Load ``bench/<name>.py`` as a module (bench scripts are not a package)."""
+    path = REPO / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being defined
@@ -47,7 +49,7 @@ def test_proxies_script_on_a_smoke_table(
         "--threads",
         "1",
     ]
-    assert _script().main(argv) == 0
+    assert _bench("proxies").main(argv) == 0
     out = capsys.readouterr().out
     assert "the table's 6 candidates are this study's plan" in out
     labels = [
@@ -61,11 +63,16 @@ def test_proxies_script_on_a_smoke_table(
         "parameter count (larger = better)",
         "NASWOT at init (distilled set)",
     ]
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    proxy_part, _, settled = out.partition("## Has the ranking settled by round 4?")
+    rows = [row for row in proxy_part.splitlines() if row.startswith("| ") and "---" not in row]
     body = [r for r in rows if not r.startswith("| proxy ")]
     assert [r.split(" | ")[0].removeprefix("| ") for r in body] == labels * 2  # all, half
     assert body[0].split(" | ")[1] == "6" and body[len(labels)].split(" | ")[1] == "3"
     assert "Kendall τ [90 % CI]" in out and "## Better half (by truth)" in out
+    # rounds 1, 2, 3 of 4 against round 4, same seed
+    assert [
+        row.split(" | ")[0] for row in settled.splitlines() if row[:3] in ("| 1", "| 2", "| 3")
+    ] == ["| 1", "| 2", "| 3"]
 
     frame = pd.read_csv(table / "proxies.csv")
     assert len(frame) == 6 and frame["candidate_id"].is_unique
@@ -77,16 +84,6 @@ def test_proxies_script_on_a_smoke_table(
     assert "Date: " in md and "seed-vs-seed ceiling" in md
 
 
-def _search_cost() -> ModuleType:
-    path = REPO / "bench" / "search_cost.py"
-    spec = importlib.util.spec_from_file_location("bench_search_cost", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.timeout(300)
 def test_search_cost_script_on_a_smoke_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -95,7 +92,10 @@ def test_search_cost_script_on_a_smoke_table(
     gt = ["--set", "groundtruth.candidates=8", "--set", "groundtruth.rounds=3"]
     assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
     common = ["--study", str(SMOKE), "--table", str(table), "--cache", str(cache)]
-    assert _script().main([*common, "--epochs", "2", "--epochs-long", "2", "--boot", "50"]) == 0
+    assert (
+        _bench("proxies").main([*common, "--epochs", "2", "--epochs-long", "2", "--boot", "50"])
+        == 0
+    )
     capsys.readouterr()
     argv = [
         *common,
@@ -110,7 +110,7 @@ def test_search_cost_script_on_a_smoke_table(
         "--top-k",
         "2",
     ]
-    assert _search_cost().main(argv) == 0
+    assert _bench("search_cost").main(argv) == 0
     text = (table / "search_cost.md").read_text()
     assert text == capsys.readouterr().out
     for method in (
@@ -121,4 +121,4 @@ def test_search_cost_script_on_a_smoke_table(
     ):
         assert method in text
     assert "MB sent as the pool grows (computed from the measured per-candidate means" in text
-    assert _search_cost().main([*common, "--proxy", "nope"]) == 2
+    assert _bench("search_cost").main([*common, "--proxy", "nope"]) == 2
