@@ -134,7 +134,9 @@ def run(args: argparse.Namespace, command: str) -> str:
             f"picks are judged by replicate {pool.truth} at round R. Bytes and seconds: sums of "
             f"measured per-round costs (curves), measured scoring ({args.proxy}) and the measured "
             f"distillation ({distill_bytes / 1e6:,.1f} MB). Seconds were measured on a shared "
-            "2-core machine; compare them only with each other.",
+            "2-core machine; compare them only with each other. Regret is against the best "
+            "candidate of the whole sub-pool for every method (random search sees only its "
+            "budget of it).",
             "",
             markdown_table(shown, floatfmt=".3f"),
             "",

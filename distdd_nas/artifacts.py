@@ -1,13 +1,18 @@
 """Stage directories: atomic writes, a manifest written last, and safe replacement.
 
-A stage writes into ``<dir>.partial/`` and, once every file is there, writes ``manifest.json``
-and swaps the directory into place. So a crashed or interrupted stage never looks complete and
-never destroys the previous result, and a stage whose manifest carries the same fingerprint is a
-cache hit. Arrays are ``.npz`` read with ``allow_pickle=False``; tables are CSV; metadata JSON.
+A stage writes into ``<dir>.partial-<pid>/`` and, once every file is there, writes
+``manifest.json`` and swaps the directory into place. So a crashed or interrupted stage never
+looks complete and never destroys the previous result, and a stage whose manifest carries the same
+fingerprint is a cache hit. Two processes writing the same directory at once (two ``distill`` on
+one ``--cache``) each use their own partial directory and the swap retries if the other replaced
+the directory in between: the last complete one wins, never a mixture; :func:`locked` serialises
+whole "check, compute, write" sections across processes (the distillation cache uses it).
+Arrays are ``.npz`` read with ``allow_pickle=False``; tables are CSV; metadata JSON.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -15,8 +20,8 @@ import os
 import shutil
 import time
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +63,7 @@ def is_complete(path: Path, fingerprint: str | None = None) -> bool:
 
 
 class StageWriter:
-    """Collects a stage's files in a ``.partial`` directory; see :func:`stage`."""
+    """Collects a stage's files in a ``.partial-<pid>`` directory; see :func:`stage`."""
 
     def __init__(self, tmp: Path) -> None:
         self.path = tmp
@@ -140,12 +145,13 @@ def _write_manifest(
 def stage(
     path: Path, *, fingerprint: str, meta: Mapping[str, Any] | None = None
 ) -> Iterator[StageWriter]:
-    """Write a stage atomically: files go to ``path.partial``; on success the manifest is written
-    last and the directory replaces ``path``. On any exception the partial directory is removed
-    and whatever ``path`` held before is left untouched.
+    """Write a stage atomically: files go to ``path.partial-<pid>``; on success the manifest is
+    written last and the directory replaces ``path``. On any exception the partial directory is
+    removed and whatever ``path`` held before is left untouched. Concurrent writers of one
+    ``path`` do not share a partial directory; the last to swap wins.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -156,13 +162,63 @@ def stage(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(path.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
+    _swap_in(tmp, path)
+
+
+#: Times :func:`_swap_in` retries when another writer swaps its directory in at the same moment.
+SWAP_ATTEMPTS = 20
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Move the finished directory ``tmp`` to ``path``, moving any previous ``path`` aside.
+
+    ``os.replace`` cannot put a directory over a non-empty one, so the old one goes to a
+    per-process ``.old-<pid>`` first. If another process swaps its own directory in between
+    (``ENOTEMPTY``/``EEXIST``), that one is moved aside too and the swap is retried.
+    """
+    old = path.with_name(f"{path.name}.old-{os.getpid()}")
+    for _ in range(SWAP_ATTEMPTS):
+        shutil.rmtree(old, ignore_errors=True)
+        with suppress(FileNotFoundError):  # nothing there yet, or another writer moved it
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+            break
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                with suppress(OSError):  # put the previous result back
+                    os.replace(old, path)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(
+            f"{path} kept being replaced by other processes; re-run when they have finished"
+        )
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def locked(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the ``with`` block.
+
+    Processes on one host (and on file systems with working ``flock``) run such blocks one at a
+    time; ``on_wait`` is called once if the lock is held by someone else, before blocking. The
+    lock goes with the process, so a killed holder never leaves it stuck.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -196,7 +252,7 @@ class AppendTable:
     Each :meth:`append` writes its rows in one ``write`` followed by ``fsync`` while holding an
     exclusive lock (``flock`` on a sidecar ``.lock`` file), so several worker processes may
     share one table, no reader sees half a block, and a kill leaves at most one torn last line.
-    :meth:`read` drops such a line for good; :meth:`rewrite` replaces the rows atomically (to
+    :meth:`read` drops such a line for good; :meth:`keep` filters the rows under the lock (to
     drop a killed worker's partial block). Columns are fixed at creation.
     """
 
@@ -204,15 +260,8 @@ class AppendTable:
         self.path = Path(path)
         self.columns = columns
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.with_name(self.path.name + ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> AbstractContextManager[None]:
+        return locked(self.path.with_name(self.path.name + ".lock"))
 
     def read(self) -> pd.DataFrame:
         """The rows written so far (an empty frame with the columns when there is no file).
@@ -221,12 +270,15 @@ class AppendTable:
             ArtifactError: The file's header is not this table's columns.
         """
         with self._locked():
-            if not self.path.exists():
-                return pd.DataFrame(columns=list(self.columns))
-            raw = self.path.read_bytes()
-            whole = raw[: raw.rfind(b"\n") + 1]
-            if whole != raw:  # a torn last line from a killed writer: drop it for good
-                write_atomic(self.path, whole)
+            return self._read_unlocked()
+
+    def _read_unlocked(self) -> pd.DataFrame:
+        if not self.path.exists():
+            return pd.DataFrame(columns=list(self.columns))
+        raw = self.path.read_bytes()
+        whole = raw[: raw.rfind(b"\n") + 1]
+        if whole != raw:  # a torn last line from a killed writer: drop it for good
+            write_atomic(self.path, whole)
         header = whole.split(b"\n", 1)[0].decode("utf-8", errors="replace").split(",")
         if tuple(header) != self.columns:
             raise ArtifactError(
@@ -246,11 +298,15 @@ class AppendTable:
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    def rewrite(self, frame: pd.DataFrame) -> None:
-        """Replace every row with ``frame``, atomically."""
-        self._check(frame)
+    def keep(self, rows: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+        """Replace the table by ``rows(table)`` (a filter), read and rewritten inside one lock
+        so no other writer's block is lost in between; returns what was kept."""
         with self._locked():
-            write_atomic(self.path, frame.to_csv(index=False, lineterminator="\n"))
+            kept = rows(self._read_unlocked())
+            self._check(kept)
+            if self.path.exists():
+                write_atomic(self.path, kept.to_csv(index=False, lineterminator="\n"))
+        return kept
 
     def _check(self, frame: pd.DataFrame) -> None:
         if tuple(frame.columns) != self.columns:

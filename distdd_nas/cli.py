@@ -1,7 +1,13 @@
 """``distdd-nas`` command line: one subcommand per stage, plus ``run`` and ``inspect``.
 
 This is the only place that exits: every :class:`~distdd_nas.errors.DistddError` becomes one line
-on stderr and exit code 2; argument errors too. Progress bars live here, not in the library.
+on stderr and exit code 2; argument errors too. Before any stage runs, the command's inputs are
+checked (:mod:`distdd_nas.checks`), so bad input fails in seconds and changes nothing on disk.
+Any other exception (a bug, or the system refusing something on a user's path) is one line too,
+``unexpected <Type>: <message>`` plus where to report it, also with exit code 2 — the CLI cannot
+tell a user's environment from a bug, and scripts get one code for "the run did not happen";
+the traceback is printed only with ``-v``. Ctrl-C exits 130. Progress bars live here, not in
+the library.
 """
 
 from __future__ import annotations
@@ -9,14 +15,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from distdd_nas.config import StudyConfig, load_config
 from distdd_nas.errors import DistddError
 
+if TYPE_CHECKING:
+    from distdd_nas.study import Study
+
 PROG = "distdd-nas"
+
+#: Where an unexpected error should be reported when the installed package names no tracker.
+DEFAULT_TRACKER = "the project's issue tracker"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +65,18 @@ def _load(args: argparse.Namespace) -> tuple[StudyConfig, Path]:
     return config, out
 
 
+def _prepare(args: argparse.Namespace, *, cache: bool) -> tuple[Study, Path]:
+    """Load the config, build the study and check everything the command needs before any stage
+    runs (:func:`distdd_nas.checks.check_command`)."""
+    from distdd_nas.checks import check_command
+    from distdd_nas.study import Study
+
+    config, out = _load(args)
+    study = Study(config)
+    check_command(study, args.command, out=out, cache=Path(args.cache) if cache else None)
+    return study, out
+
+
 def _print_summary(title: str, summary: dict[str, Any], keys: Sequence[str], where: Path) -> None:
     print(f"{title} → {where}")
     for key in keys:
@@ -70,9 +95,7 @@ def _staged(
     def command(args: argparse.Namespace) -> None:
         import importlib
 
-        from distdd_nas.study import Study
-
-        config, out = _load(args)
+        study, out = _prepare(args, cache=cache)
         module = importlib.import_module(f"distdd_nas.stages.{name}")
         fn = getattr(module, STAGE_FUNCTIONS[name])
         kwargs: dict[str, Any] = {"cache": Path(args.cache)} if cache else {}
@@ -82,7 +105,7 @@ def _staged(
         if progress is not None:
             kwargs["progress"] = progress
         try:
-            outcome = fn(Study(config), out, **kwargs)
+            outcome = fn(study, out, **kwargs)
         finally:
             if progress is not None:
                 progress.close()
@@ -198,9 +221,8 @@ cmd_groundtruth = _staged(
 
 def cmd_run(args: argparse.Namespace) -> None:
     from distdd_nas.pipeline import run_all
-    from distdd_nas.study import Study
 
-    config, out = _load(args)
+    study, out = _prepare(args, cache=True)
     bars: list[Any] = []
 
     def progress(name: str) -> Any:
@@ -208,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         return bars[-1]
 
     try:
-        outcome = run_all(Study(config), out, cache=Path(args.cache), progress=progress)
+        outcome = run_all(study, out, cache=Path(args.cache), progress=progress)
     finally:
         for bar in bars:
             bar.close()
@@ -343,14 +365,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except DistddError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
             f"{PROG}: interrupted; completed stages are kept, re-run to continue", file=sys.stderr
         )
         return 130
+    except Exception as err:  # not ours: a bug, or the OS refusing something (see the docstring)
+        if args.verbose:
+            traceback.print_exc()
+        print(
+            f"{PROG}: error: unexpected {type(err).__name__}: {_one_line(err)}; re-run with -v "
+            f"for the traceback and report it at {_issue_tracker()}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+def _one_line(err: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line (whitespace runs collapsed), at most ``limit`` chars."""
+    text = " ".join(str(err).split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _issue_tracker() -> str:
+    """The installed package's issue tracker URL (``[project.urls]``), else a description."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("distdd-nas").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return DEFAULT_TRACKER
+    labelled = dict(entry.split(",", 1) for entry in urls if "," in entry)
+    for label in ("Issues", "Bug Tracker", "Tracker", "Repository", "Source", "Homepage"):
+        for key, url in labelled.items():
+            if key.strip().lower() == label.lower():
+                return url.strip()
+    return DEFAULT_TRACKER
 
 
 if __name__ == "__main__":  # pragma: no cover

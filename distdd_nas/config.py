@@ -3,20 +3,30 @@
 A study file (``studies/*.toml``) overrides code defaults only where it differs from them.
 ``--set a.b=value`` parses ``value`` as a TOML literal (``3``, ``0.1``, ``true``, ``"x"``,
 ``[1, 2]``), falling back to a bare string. Unknown keys and wrong types are rejected with their
-dotted path. :func:`fingerprint` hashes the sections a stage depends on, which is how stage
-directories are content-addressed (see :mod:`distdd_nas.artifacts`).
+dotted path; every float must be finite and inside a ceiling (:data:`MAX_LR` and friends), so
+no setting can overflow training arithmetic, and ``study.name`` must be one safe path component
+(it names ``runs/<study>``). :func:`fingerprint` hashes the sections a stage depends on, which
+is how stage directories are content-addressed (see :mod:`distdd_nas.artifacts`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distdd_nas.errors import ConfigError
 
@@ -26,18 +36,54 @@ from distdd_nas.errors import ConfigError
 AggregatorChoice = str | dict[str, str | int | float | bool]
 
 
-class Section(BaseModel):
-    """Base of every config section: immutable, no unknown keys."""
+#: Ceilings of float settings: far above any useful value, far below where SGD arithmetic
+#: overflows (``fedavg.weight_decay = 1e308`` used to train to NaN and exit 0).
+MAX_LR = 1e4
+MAX_WEIGHT_DECAY = 1.0
+MAX_PROX_MU = 1e3
+MAX_ALPHA = 1e6
+MAX_SECONDS = 1e8
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+#: What ``study.name`` may be: one path component (it names ``runs/<study>`` and the search).
+STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, no unknown keys, no NaN or infinite floats."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _lr(default: float) -> Any:
+    """A learning-rate field: positive, at most :data:`MAX_LR`."""
+    return Field(default=default, gt=0.0, le=MAX_LR)
+
+
+def _decay(default: float) -> Any:
+    """A weight-decay field: in [0, :data:`MAX_WEIGHT_DECAY`]."""
+    return Field(default=default, ge=0.0, le=MAX_WEIGHT_DECAY)
 
 
 class StudySection(Section):
-    """Identity of the study; ``seed`` is the root of every random stream."""
+    """Identity of the study; ``seed`` is the root of every random stream.
+
+    ``name`` names the run directory (``runs/<name>``) and the search study, so it must be one
+    safe path component: 1-100 letters, digits, ``-``, ``_`` or ``.``, and not ``.`` or ``..``.
+    """
 
     name: str = "study"
     seed: int = Field(default=0, ge=0)
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not STUDY_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                "must be one path component: 1-100 letters, digits, '-', '_' or '.', and not "
+                "'.' or '..'"
+            )
+        return value
 
 
 class DataSection(Section):
@@ -55,7 +101,7 @@ class PartitionSection(Section):
 
     method: Literal["iid", "dirichlet", "shards", "quantity"] = "dirichlet"
     num_clients: int = Field(default=10, ge=1)
-    alpha: float = Field(default=0.5, gt=0.0)
+    alpha: float = Field(default=0.5, gt=0.0, le=MAX_ALPHA)
     min_size: int = Field(default=10, ge=1)
     classes_per_client: int = Field(default=2, ge=1)
     holdout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
@@ -97,11 +143,11 @@ class FedAvgSection(Section):
     local_epochs: int = Field(default=1, ge=1)
     local_steps: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    lr: float = Field(default=0.05, gt=0.0)
+    lr: float = _lr(0.05)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    server_lr: float = Field(default=1.0, gt=0.0)
-    prox_mu: float = Field(default=0.0, ge=0.0)
+    weight_decay: float = _decay(0.0)
+    server_lr: float = _lr(1.0)
+    prox_mu: float = Field(default=0.0, ge=0.0, le=MAX_PROX_MU)
     aggregator: AggregatorChoice = "mean"
     eval_every: int = Field(default=1, ge=1)
 
@@ -111,9 +157,9 @@ class EvalSection(Section):
 
     num_models: int = Field(default=3, ge=1)
     epochs: int = Field(default=300, ge=1)
-    lr: float = Field(default=0.01, gt=0.0)
+    lr: float = _lr(0.01)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=5e-4, ge=0.0)
+    weight_decay: float = _decay(5e-4)
     batch_size: int = Field(default=256, ge=1)
 
 
@@ -127,9 +173,9 @@ class DistillSection(Section):
     batch_real: int = Field(default=64, ge=1)
     batch_mode: Literal["proportional", "per_client"] = "proportional"
     batch_syn: int = Field(default=256, ge=1)
-    lr_img: float = Field(default=0.1, gt=0.0)
+    lr_img: float = _lr(0.1)
     momentum_img: float = Field(default=0.5, ge=0.0, lt=1.0)
-    lr_net: float = Field(default=0.01, gt=0.0)
+    lr_net: float = _lr(0.01)
     distance: Literal["layerwise_cosine", "mse", "cosine"] = "layerwise_cosine"
     net_update: Literal["synthetic", "global_grad"] = "synthetic"
     init: Literal["noise", "client_mean"] = "noise"
@@ -162,15 +208,15 @@ class SearchSection(Section):
     scoring: Literal["federated", "server_holdout"] = "federated"
     holdout_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
     virtual_examples: int | None = Field(default=2000, ge=1)
-    trial_timeout_s: float | None = Field(default=None, gt=0.0)
+    trial_timeout_s: float | None = Field(default=None, gt=0.0, le=MAX_SECONDS)
     concurrency: int = Field(default=1, ge=1)
     epochs: int = Field(default=100, ge=1)
-    lr: float = Field(default=0.01, gt=0.0)
+    lr: float = _lr(0.01)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=5e-4, ge=0.0)
+    weight_decay: float = _decay(5e-4)
     batch_size: int = Field(default=256, ge=1)
     seeds_per_trial: int = Field(default=1, ge=1)
-    timeout_s: float | None = Field(default=None, gt=0.0)
+    timeout_s: float | None = Field(default=None, gt=0.0, le=MAX_SECONDS)
 
 
 class ValidateSection(Section):
@@ -215,7 +261,9 @@ class StudyConfig(Section):
     validate_: ValidateSection = Field(default=ValidateSection(), alias="validate")
     groundtruth: GroundTruthSection = GroundTruthSection()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> StudyConfig:
@@ -262,14 +310,22 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool"})
+
+
 def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    errors = err.errors()
+    # a non-finite number inside a union (an aggregator's options) beats "not a string"
+    first = next((e for e in errors if e["type"] == "finite_number"), errors[0])
+    # union members show up in the location as type tags ("str", "dict[str,...]"): drop them
+    keys = [str(p) for p in first["loc"] if str(p) not in _TYPE_TAGS and "[" not in str(p)]
+    where = ".".join(keys) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"unknown key {where!r}; check the spelling against the defaults in config.py"
     got = first.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{where}: {first['msg']}{shown}"
+    text = repr(got)
+    shown = "" if isinstance(got, dict) else f" (got {text[:60]}{'...' if len(text) > 60 else ''})"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def from_dict(data: Mapping[str, Any], *, source: str = "config") -> StudyConfig:
@@ -301,7 +357,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
 
 def _read_study(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
     """The TOML tree of ``path`` merged over the study it ``extends`` (recursively)."""
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        found = False
+    if not found:
         hint = f" (named by 'extends' in {seen[-1]})" if seen else ""
         raise ConfigError(
             f"study file {str(path)!r} not found{hint}; pass a path such as studies/smoke.toml"
@@ -313,6 +373,11 @@ def _read_study(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
         tree = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax") from None
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read study file {str(path)!r} ({err.strerror or type(err).__name__}); "
+            "check its permissions"
+        ) from None
     base = tree.pop("extends", None)
     if base is None:
         return tree

@@ -34,3 +34,7 @@ class EngineError(DistddError):
 
 class MissingDependencyError(DistddError):
     """An optional extra (nni, flower, postgres) is needed but not installed."""
+
+
+class DivergedError(DistddError):
+    """A computation produced non-finite values (NaN/Inf); its result is not kept or cached."""

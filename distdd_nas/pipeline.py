@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distdd_nas.artifacts import is_complete, load_json
-from distdd_nas.errors import ArtifactError
+from distdd_nas.errors import ArtifactError, ConfigError
 from distdd_nas.stages.common import Progress, StageOutcome
 from distdd_nas.stages.distill import run_distill_stage
 from distdd_nas.stages.report import run_report_stage
@@ -41,7 +41,17 @@ def run_all(
     cache: Path,
     progress: Callable[[str], Progress | None] | None = None,
 ) -> StageOutcome:
-    """distill (cached) → search (resumed) → validate (reused when done) → report."""
+    """distill (cached) → search (resumed) → validate (reused when done) → report.
+
+    Raises:
+        ConfigError: ``search.objective = "fedavg"``: the FedAvg-based search is a baseline with
+            nothing to distil or validate; run its ``search`` stage on its own.
+    """
+    if study.config.search.objective == "fedavg":
+        raise ConfigError(
+            "search.objective=fedavg is the FedAvg-based baseline search: there is nothing to "
+            "distil or validate; run 'distdd-nas search' with it instead of 'run'"
+        )
     bar = progress or (lambda _name: None)
     run_distill_stage(study, out, cache=cache, progress=bar("distill"))
     run_search_stage(study, out, cache=cache, progress=bar("search"))

@@ -12,6 +12,9 @@ algorithm code (DistDD and FedAvg), and the transport layer must not import algo
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from distdd_nas.config import StudyConfig
+from distdd_nas.config import StudyConfig, fingerprint
 from distdd_nas.data import (
     FederatedSplit,
     ImageDataset,
@@ -34,9 +37,12 @@ from distdd_nas.fedavg import FedAvgSettings
 from distdd_nas.federation import ClientData, ClientTask, Engine, InProcessEngine, make_aggregator
 from distdd_nas.models import ArchSpec, build_model, count_parameters
 from distdd_nas.search.candidate import CandidateFactory
+from distdd_nas.search.objective import split_server_holdout
 from distdd_nas.search.space import SearchSpace
 from distdd_nas.seeding import derive_seed
 from distdd_nas.training import TrainSettings
+
+log = logging.getLogger(__name__)
 
 #: Search spaces shipped with the project (``search.space`` may name one by its stem).
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -167,7 +173,7 @@ class Study:
     """Objects of one study, each built on first use and then shared by every stage.
 
     Example:
-        >>> from distdd_nas.config import StudyConfig
+        >>> from distdd_nas.config import StudyConfig, fingerprint
         >>> study = Study(StudyConfig())
         >>> study.reference.family, study.fedavg_settings.rounds
         ('convnet', 20)
@@ -185,6 +191,19 @@ class Study:
     def federation(self) -> Federation:
         """Data, partition, label noise and client views (loads the dataset once)."""
         return build_federation(self.config)
+
+    @cached_property
+    def validation_test(self) -> ImageDataset:
+        """Where FL validation and the FedAvg-based search measure accuracy: the test split,
+        minus the server's holdout when the proxy is scored on it (``search.scoring =
+        "server_holdout"``), so the proxy never sees the examples validation is judged on."""
+        test = self.federation.test
+        if self.config.search.scoring != "server_holdout":
+            return test
+        _, rest = split_server_holdout(
+            test, seed=self.config.study.seed, fraction=self.config.search.holdout_fraction
+        )
+        return rest
 
     @cached_property
     def reference(self) -> ArchSpec:
@@ -281,12 +300,6 @@ def flower_client(
         ConfigError: The run carries no study config, or the node's ``num-partitions``
             differs from ``partition.num_clients``.
     """
-    import logging
-    import os
-    import time
-
-    from distdd_nas.config import fingerprint
-
     if config is None:
         raise ConfigError("the Flower run carries no 'study-config'; pass the study config")
     if num_partitions != config.partition.num_clients:
@@ -300,7 +313,5 @@ def flower_client(
         start = time.perf_counter()
         _FLOWER_STUDIES[key] = study = Study(config)
         _ = study.federation
-        logging.getLogger(__name__).info(
-            "federation built in %.2fs (pid %d)", time.perf_counter() - start, os.getpid()
-        )
+        log.info("federation built in %.2fs (pid %d)", time.perf_counter() - start, os.getpid())
     return _FLOWER_STUDIES[key].federation.clients[partition_id]

@@ -102,6 +102,16 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "svhn": load_svhn,
 }
 
+#: Image shape (channels, height, width) and class count of each dataset, known without reading
+#: a file: the checks before the first stage build the reference model on them (keys: DATASETS).
+IMAGE_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "svhn": ((3, 32, 32), 10),
+}
+
 
 def _check_arguments(name: str, *, test_fraction: float, max_train: int | None) -> None:
     """ConfigError for an unknown name or out-of-range numbers, before any file is read."""
@@ -163,6 +173,7 @@ __all__ = [
     "DIGIT_CLASSES",
     "FASHION_CLASSES",
     "FASHION_MNIST_SYSTEM_DIRS",
+    "IMAGE_SHAPES",
     "NORMALISATION",
     "DatasetSplits",
     "ImageDataset",

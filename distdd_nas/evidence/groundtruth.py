@@ -53,6 +53,12 @@ class Unit:
     candidate: Candidate
     replicate: int
     seed: int
+    key: str = ""  # the table's id of the candidate (default: its candidate_id)
+
+    @property
+    def candidate_id(self) -> str:
+        """The id its rows carry: the table's (stable across proxy settings) or its own."""
+        return self.key or self.candidate.candidate_id
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ def train_unit(
     h = result.history
     frame = pd.DataFrame(
         {
-            "candidate_id": unit.candidate.candidate_id,
+            "candidate_id": unit.candidate_id,
             "replicate": unit.replicate,
             "seed": unit.seed,
             "round": h["round"].astype(int),

@@ -32,15 +32,14 @@ This module is pure: arrays in, frozen dataclasses out. It does not import
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from distdd_nas.errors import ConfigError
+from distdd_nas.rank_metrics import kendall_tau, spearman_rho, top1_regret, topk_overlap
 from distdd_nas.seeding import numpy_rng
 
 #: Default bootstrap resamples, confidence level and top-k.
@@ -134,39 +133,9 @@ def _pair(proxy: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's τ-b (NaN with < 2 candidates or a constant input)."""
-    if len(x) < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.kendalltau(x, y).statistic)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's ρ (NaN with < 2 candidates or a constant input)."""
-    if len(x) < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(x, y).statistic)
-
-
-def topk_overlap(x: np.ndarray, y: np.ndarray, k: int = TOP_K) -> float:
-    """|top-k by ``x`` ∩ top-k by ``y``| / k (k capped at the length; ties: earlier first)."""
-    k = min(k, len(x))
-    if k <= 0:
-        return math.nan
-    a = set(np.argsort(-x, kind="stable")[:k].tolist())
-    b = set(np.argsort(-y, kind="stable")[:k].tolist())
-    return len(a & b) / k
-
-
-def top1_regret(x: np.ndarray, y: np.ndarray) -> float:
-    """max ``y`` − ``y`` at the first argmax of ``x`` (NaN when empty)."""
-    if len(x) == 0:
-        return math.nan
-    return float(np.max(y) - y[int(np.argmax(x))])
+#: The one definition of each figure (:mod:`distdd_nas.rank_metrics`), under this module's names.
+kendall_tau_b = kendall_tau
+spearman = spearman_rho
 
 
 def bootstrap_interval(
@@ -245,6 +214,40 @@ def ranking_evidence(
     )
 
 
+def tau_difference(
+    proxy_a: Any,
+    proxy_b: Any,
+    truth: Any,
+    *,
+    seed: int,
+    boot: int = BOOTSTRAP,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """τ(a, truth) − τ(b, truth) with a *paired* percentile-bootstrap interval: both proxies
+    are re-scored on the same resampled candidates, so the interval is of the difference
+    itself (two separate intervals that overlap do not say the proxies tie). An interval
+    above 0 is evidence that ``a`` ranks better than ``b``.
+
+    Raises:
+        ConfigError: As :func:`ranking_evidence`.
+    """
+    a, y = _pair(proxy_a, truth)
+    b, _ = _pair(proxy_b, truth)
+    if len(y) < 2 or boot < 1 or not 0.0 < confidence < 1.0:
+        raise ConfigError(
+            f"tau_difference needs >= 2 candidates (got {len(y)}), boot >= 1 and "
+            "0 < confidence < 1"
+        )
+    resamples = numpy_rng(seed, "evidence", "bootstrap", "paired").integers(
+        0, len(y), size=(boot, len(y))
+    )
+
+    def delta(ab: np.ndarray, t: np.ndarray) -> float:  # rows: candidates; columns: a, b
+        return kendall_tau(ab[:, 0], t) - kendall_tau(ab[:, 1], t)
+
+    return bootstrap_interval(delta, np.column_stack([a, b]), y, resamples, confidence=confidence)
+
+
 def better_half(truth: Any) -> np.ndarray:
     """Sorted indices of the ⌊N/2⌋ candidates with the highest truth (ties: earlier first)."""
     y = np.asarray(truth, dtype=float)
@@ -293,6 +296,7 @@ __all__ = [
     "proxy_evidence",
     "ranking_evidence",
     "spearman",
+    "tau_difference",
     "top1_regret",
     "topk_overlap",
 ]

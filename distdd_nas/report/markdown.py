@@ -48,11 +48,15 @@ def _bytes(value: Any) -> str:
 
 
 def _interval(s: Mapping[str, Any]) -> str:
-    """ ", 90 % bootstrap interval [lo, hi]" when the summary carries one."""
+    """The τ interval, labelled for what it is: a bootstrap over the few *selected* candidates
+    (top-k and controls), not evidence of ranking quality over the space."""
     lo, hi = s.get("kendall_tau_low"), s.get("kendall_tau_high")
     if lo is None or hi is None:
         return ""
-    return f", 90 % bootstrap interval [{_num(lo, '.2f')}, {_num(hi, '.2f')}]"
+    return (
+        f", 90 % bootstrap interval [{_num(lo, '.2f')}, {_num(hi, '.2f')}] over the selected "
+        "candidates; ranking quality over the space is the ground truth's (README, Evidence)"
+    )
 
 
 def _cost_section(s: Mapping[str, Any]) -> list[str]:
@@ -133,7 +137,8 @@ def render_markdown(
     lines += [
         "## Ranking quality: proxy on the distilled set vs real FedAvg",
         "",
-        f"- trials searched: {s['n_trials']}; validated with FedAvg: {s['n_validated']}"
+        f"- trials searched: {s['n_trials']} ({s.get('n_candidates', s['n_trials'])} distinct "
+        f"candidates); validated with FedAvg: {s['n_validated']}"
         + (f" (top {s['top_k']} by proxy + random controls)" if "top_k" in s else ""),
         f"- Kendall τ = {_num(s['kendall_tau'])} (n = {s['n_validated']}{_interval(s)}), "
         f"Spearman ρ = {_num(s['spearman_rho'])}, "

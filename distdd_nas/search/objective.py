@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import optuna
 import torch
 
 from distdd_nas.data import ImageDataset, stratified_sample
@@ -270,22 +271,28 @@ class ProxyObjective:
         down0 = ledger.bytes_down if ledger is not None else 0
         up0 = ledger.bytes_up if ledger is not None else 0
         start = time.perf_counter()
-        value = self.scorer(candidate, report)
-        with torch.device("meta"):
-            net = build_model(
-                candidate.arch,
-                input_shape=self.scorer.like.input_shape,
-                num_classes=self.scorer.like.num_classes,
-            )
-        attrs: dict[str, Any] = {
-            "candidate_id": candidate.candidate_id,
-            "model": candidate.arch.short_name(),
-            "num_parameters": count_parameters(net),
-            "bytes_down": (ledger.bytes_down - down0) if ledger is not None else 0,
-            "bytes_up": (ledger.bytes_up - up0) if ledger is not None else 0,
-            "train_s": time.perf_counter() - start,
-        }
-        return value, attrs
+
+        def attrs() -> dict[str, Any]:
+            with torch.device("meta"):
+                net = build_model(
+                    candidate.arch,
+                    input_shape=self.scorer.like.input_shape,
+                    num_classes=self.scorer.like.num_classes,
+                )
+            return {
+                "candidate_id": candidate.candidate_id,
+                "model": candidate.arch.short_name(),
+                "num_parameters": count_parameters(net),
+                "bytes_down": (ledger.bytes_down - down0) if ledger is not None else 0,
+                "bytes_up": (ledger.bytes_up - up0) if ledger is not None else 0,
+                "train_s": time.perf_counter() - start,
+            }
+
+        try:
+            value = self.scorer(candidate, report)
+        except optuna.TrialPruned as stop:  # a pruned trial still names its candidate and cost
+            raise Pruned(str(stop), attrs=attrs()) from None
+        return value, attrs()
 
 
 __all__ = [

@@ -19,7 +19,19 @@ Progress = Callable[[int, int, dict[str, float]], None]
 PARTITION_SECTIONS = ("study", "data", "partition", "noise")
 FEDAVG_SECTIONS = (*PARTITION_SECTIONS, "model", "federation", "fedavg")
 DISTILL_SECTIONS = (*PARTITION_SECTIONS, "model", "federation", "distill")
-VALIDATE_SECTIONS = (*DISTILL_SECTIONS, "search", "fedavg", "validate")
+VALIDATE_SECTIONS = (*PARTITION_SECTIONS, "model", "federation", "search", "fedavg", "validate")
+
+
+def distilled_fingerprint(config: StudyConfig, *, extra: object = None) -> str:
+    """What a distilled set depends on: the federation, the model and the ``distill`` settings
+    except its evaluation protocol (``distill.eval`` shapes the distill stage's report, not the
+    set), so changing how the set is evaluated neither re-distils nor renames a search."""
+    distill = config.distill.model_dump(mode="json", exclude={"eval"})
+    return fingerprint(
+        config,
+        (*PARTITION_SECTIONS, "model", "federation"),
+        extra={"distill": distill, "extra": extra},
+    )
 
 
 @dataclass(frozen=True)

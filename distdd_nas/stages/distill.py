@@ -4,18 +4,26 @@ The distillation itself is cached under ``CACHE/distilled/<fingerprint>/`` (synt
 history, the ledger as comm.csv, census class counts, an image grid): one distilled set serves
 any number of searches. ``DIR/distill/`` holds this study's evaluation of it (DC's protocol, plus
 random real subsets of the same size as a centralized reference).
+
+Several processes may share one cache: an exclusive lock per entry (``<fingerprint>.lock``)
+covers "is it complete? → distil → write", so a second ``distill`` of the same study waits for
+the first and then reuses its set (a cache hit) instead of distilling again or racing its write.
+A synthetic set with NaN/Inf values is refused before it is written, so a diverged
+distillation is never cached.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-from distdd_nas.artifacts import is_complete, load_npz, read_manifest, stage
+from distdd_nas.artifacts import is_complete, load_npz, locked, read_manifest, stage
 from distdd_nas.config import fingerprint
 from distdd_nas.distill import (
     DistilledSet,
@@ -23,18 +31,26 @@ from distdd_nas.distill import (
     evaluate_random_real,
     evaluate_synthetic,
 )
-from distdd_nas.errors import ArtifactError
+from distdd_nas.errors import ArtifactError, DivergedError
 from distdd_nas.federation import Ledger
 from distdd_nas.report.plots import distilled_grid_figure
 from distdd_nas.seeding import derive_seed
-from distdd_nas.stages.common import DISTILL_SECTIONS, Progress, StageOutcome, write_config
+from distdd_nas.stages.common import (
+    DISTILL_SECTIONS,
+    Progress,
+    StageOutcome,
+    distilled_fingerprint,
+    write_config,
+)
 from distdd_nas.stages.on_engine import on_configured_engine
 from distdd_nas.study import Study
+
+log = logging.getLogger(__name__)
 
 
 def distilled_dir(study: Study, cache: Path) -> Path:
     """Content-addressed directory of a study's distilled set."""
-    return cache / "distilled" / fingerprint(study.config, DISTILL_SECTIONS)
+    return cache / "distilled" / distilled_fingerprint(study.config)
 
 
 def load_distilled(path: Path) -> DistilledSet:
@@ -49,20 +65,59 @@ def load_distilled(path: Path) -> DistilledSet:
 
 def ensure_distilled(study: Study, cache: Path, *, progress: Progress | None = None) -> Path:
     """The study's cached distillation directory, distilling first on a cache miss."""
+    return distill_cached(study, cache, progress=progress)[0]
+
+
+def distill_cached(
+    study: Study, cache: Path, *, progress: Progress | None = None
+) -> tuple[Path, bool]:
+    """(the study's cached distillation directory, whether it was already there).
+
+    On a miss, distils under the entry's lock; a process that finds the lock taken waits and
+    then reuses the other's result (reported as a hit).
+
+    Raises:
+        DivergedError: The synthetic set came out non-finite (nothing is cached).
+    """
     path = distilled_dir(study, cache)
-    fp = fingerprint(study.config, DISTILL_SECTIONS)
+    fp = distilled_fingerprint(study.config)
     if is_complete(path, fp):
-        return path
-    study.num_parameters(study.reference)  # a bad architecture fails before any work
-    total = study.config.distill.iterations
+        return path, True
 
-    def on_iteration(row: dict[str, float]) -> None:
-        if progress is not None:
-            progress(int(row["iteration"]) + 1, total, row)
+    def waiting() -> None:
+        log.warning("another process is distilling into %s; waiting to reuse its result", path)
 
-    result, ledger = on_configured_engine(study, "distill", on_row=on_iteration)
-    _write_distilled(study, path, fp, result, ledger)
-    return path
+    with locked(path.with_name(path.name + ".lock"), on_wait=waiting):
+        if is_complete(path, fp):
+            return path, True
+        study.num_parameters(study.reference)  # a bad architecture fails before any work
+        total = study.config.distill.iterations
+
+        def on_iteration(row: dict[str, float]) -> None:
+            if progress is not None:
+                progress(int(row["iteration"]) + 1, total, row)
+
+        result, ledger = on_configured_engine(study, "distill", on_row=on_iteration)
+        check_finite(study, result)
+        _write_distilled(study, path, fp, result, ledger)
+    return path, False
+
+
+def check_finite(study: Study, result: DistillResult) -> None:
+    """Refuse a synthetic set holding NaN/Inf (a diverged distillation) before it is cached.
+
+    Raises:
+        DivergedError: Names the settings that drive the images' updates and the fix.
+    """
+    images = result.synthetic.images
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        d = study.config.distill
+        raise DivergedError(
+            f"distillation diverged: {bad} of {images.numel()} synthetic pixel values are "
+            f"NaN/Inf (distill.lr_img={d.lr_img}, distill.momentum_img={d.momentum_img}, "
+            f"distill.lr_net={d.lr_net}); nothing was cached; lower distill.lr_img and re-run"
+        )
 
 
 def _write_distilled(
@@ -94,8 +149,7 @@ def run_distill_stage(
     start = time.perf_counter()
     config = study.config
     fp = fingerprint(config, DISTILL_SECTIONS)
-    hit = is_complete(distilled_dir(study, cache), fp)
-    cached = ensure_distilled(study, cache, progress=progress)
+    cached, hit = distill_cached(study, cache, progress=progress)
     manifest = read_manifest(cached) or {}
     summary = evaluate_distilled(study, load_distilled(cached))
     summary.update(

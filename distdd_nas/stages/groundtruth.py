@@ -9,16 +9,18 @@ made under other settings is refused rather than mixed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from distdd_nas.artifacts import AppendTable, load_json, stage_in_place, write_atomic
-from distdd_nas.config import StudyConfig, fingerprint
+from distdd_nas.config import StudyConfig
 from distdd_nas.errors import ArtifactError, ConfigError
 from distdd_nas.evidence.groundtruth import (
     CURVE_COLUMNS,
@@ -27,7 +29,7 @@ from distdd_nas.evidence.groundtruth import (
     sample_candidates,
     train_unit,
 )
-from distdd_nas.report.metrics import kendall_tau
+from distdd_nas.rank_metrics import kendall_tau
 from distdd_nas.stages.common import Progress, StageOutcome, write_config
 from distdd_nas.study import Study
 
@@ -50,26 +52,38 @@ def plan_for(study: Study) -> GroundTruthPlan:
     )
 
 
-def table_fingerprint(study: Study, plan: GroundTruthPlan) -> str:
-    """What the rows depend on: the federation, client sampling, each candidate's resolved
-    FedAvg settings, rounds and seeds (not unrelated settings, so a table outlives them)."""
+def table_identity(study: Study, plan: GroundTruthPlan) -> dict[str, Any]:
+    """Everything the rows depend on, as JSON: the federation sections, client sampling, what
+    each unit trains (architecture and resolved FedAvg settings at the table's rounds), seeds
+    and the thread count (float rounding differs with it). Proxy-training settings are not in
+    it: they change candidate ids, not FedAvg curves, so rows keep the ids the table gave them.
+    """
     base = study.fedavg_settings
-    units = [(c.candidate_id, asdict(c.fedavg_settings(base))) for c in plan.candidates]
+    full = study.config.to_dict()
     fed = study.config.federation
-    threads = torch.get_num_threads()  # float rounding differs with the thread count
-    return fingerprint(
-        study.config,
-        SECTIONS,
-        extra={
-            "seed": plan.seed,
-            "rounds": plan.rounds,
-            "replicates": plan.replicates,
-            "threads": threads,
-            "fraction": fed.fraction,
-            "failure_rate": fed.failure_rate,
-            "units": units,
-        },
-    )
+    trains = [
+        {
+            "arch": c.arch.to_dict(),
+            "fedavg": asdict(replace(c.fedavg_settings(base), rounds=plan.rounds, eval_every=1)),
+        }
+        for c in plan.candidates
+    ]
+    return {
+        **{name: full[name] for name in SECTIONS},
+        "seed": plan.seed,
+        "rounds": plan.rounds,
+        "replicates": plan.replicates,
+        "threads": torch.get_num_threads(),
+        "fraction": fed.fraction,
+        "failure_rate": fed.failure_rate,
+        "trains": trains,
+    }
+
+
+def table_fingerprint(identity: dict[str, Any]) -> str:
+    """Short hash of :func:`table_identity`."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def seed_vs_seed_tau(curves: pd.DataFrame, *, round: int) -> float:
@@ -94,22 +108,31 @@ def run_groundtruth_stage(
     """
     config: StudyConfig = study.config
     start = time.perf_counter()
-    plan = plan_for(study)
-    path = out / "groundtruth"
-    fp = table_fingerprint(study, plan)
-    _claim(path, fp, config)
-    fed = study.federation
-    table = candidate_table(plan.candidates, num_parameters=lambda c: study.num_parameters(c.arch))
-    curves_file = AppendTable(path / "curves.csv", CURVE_COLUMNS)
-    done = _finished_units(curves_file, plan.rounds)
-    if not (path / "candidates.csv").exists():
-        write_atomic(path / "candidates.csv", table.to_csv(index=False, lineterminator="\n"))
-    units = list(plan.units())
     k, n = shard
     if not 0 <= k < n:
         raise ConfigError(f"shard {k}/{n} is out of range; use K/N with 0 <= K < N")
+    if config.federation.engine != "inprocess":
+        raise ConfigError(
+            "groundtruth trains in-process only (its curves are the reference the Flower engines "
+            'are tested against); set federation.engine="inprocess"'
+        )
+    plan = plan_for(study)
+    path = out / "groundtruth"
+    identity = table_identity(study, plan)
+    fp = table_fingerprint(identity)
+    _claim(path, fp, identity, config)
+    fed = study.federation
+    if not (path / "candidates.csv").exists():
+        table = candidate_table(
+            plan.candidates, num_parameters=lambda c: study.num_parameters(c.arch)
+        )
+        write_atomic(path / "candidates.csv", table.to_csv(index=False, lineterminator="\n"))
+    keys = pd.read_csv(path / "candidates.csv")["candidate_id"].astype(str).tolist()
+    curves_file = AppendTable(path / "curves.csv", CURVE_COLUMNS)
+    done = _finished_units(curves_file, plan.rounds)
+    units = [replace(u, key=keys[u.index]) for u in plan.units()]
     for i, unit in enumerate(units):
-        if i % n != k or (unit.candidate.candidate_id, unit.replicate) in done:
+        if i % n != k or (unit.candidate_id, unit.replicate) in done:
             continue
         engine = study.make_engine()
         try:
@@ -145,30 +168,35 @@ def run_groundtruth_stage(
     return StageOutcome(path, summary)
 
 
-def _claim(path: Path, fp: str, config: StudyConfig) -> None:
-    """Create ``path`` with ``plan.json``, or check an existing one was made with ``fp``."""
+def _claim(path: Path, fp: str, identity: dict[str, Any], config: StudyConfig) -> None:
+    """Create ``path`` with ``plan.json``, or check an existing one was made with ``fp``
+    (naming what differs, so a user knows which setting to restore)."""
     plan_file = path / "plan.json"
     if plan_file.exists():
-        found = load_json(plan_file).get("fingerprint")
-        if found != fp:
+        plan = load_json(plan_file)
+        if plan.get("fingerprint") != fp:
+            stored = plan.get("identity", {})
+            differ = sorted(k for k in identity if stored.get(k) != identity[k]) or ["settings"]
             raise ArtifactError(
-                f"{path} holds a ground truth made under other settings (fingerprint {found}, "
-                f"now {fp}); use another --out or delete that directory"
+                f"{path} holds a ground truth made under other {', '.join(differ)} "
+                f"(fingerprint {plan.get('fingerprint')}, now {fp}; threads: use the --threads "
+                "it was made with); restore them, use another --out, or delete that directory"
             )
         return
     path.mkdir(parents=True, exist_ok=True)
-    plan = {"fingerprint": fp, "config": config.to_dict()}
+    plan = {"fingerprint": fp, "identity": identity, "config": config.to_dict()}
     write_atomic(plan_file, json.dumps(plan, indent=2, sort_keys=True) + "\n")
 
 
 def _finished_units(table: AppendTable, rounds: int) -> set[tuple[str, int]]:
-    """(candidate_id, replicate) pairs whose whole curve is in the table; rows of a unit a
-    killed writer left incomplete are dropped from the table (it is trained again)."""
-    curves = table.read()
-    if curves.empty:
-        return set()
-    counts = curves.groupby(["candidate_id", "replicate"])["round"].transform("size")
-    if (counts != rounds).any():
-        table.rewrite(curves[counts == rounds].reset_index(drop=True))
-    whole = curves[counts == rounds]
-    return {(str(c), int(r)) for c, r in zip(whole["candidate_id"], whole["replicate"])}
+    """(candidate_id, replicate) pairs whose whole curve is in the table. Inside one lock, rows
+    of a unit a killed writer left incomplete are dropped (it is trained again) and a unit
+    written twice keeps its first curve."""
+
+    def whole(curves: pd.DataFrame) -> pd.DataFrame:
+        once = curves.drop_duplicates(["candidate_id", "replicate", "round"], keep="first")
+        size = once.groupby(["candidate_id", "replicate"])["round"].transform("size")
+        return once[size == rounds].reset_index(drop=True)
+
+    kept = table.keep(whole)
+    return {(str(c), int(r)) for c, r in zip(kept["candidate_id"], kept["replicate"], strict=True)}

@@ -70,7 +70,7 @@ def run_report_stage(study: Study, out: Path, *, cache: Path) -> StageOutcome:
     summary = study_summary(
         validation=validation,
         cost=cost,
-        n_trials=cost.n_candidates,
+        n_trials=int(trials["state"].isin(["COMPLETE", "PRUNED"]).sum()),
         top_k=config.validate_.top_k,
         extra=extra,
     )

@@ -21,10 +21,10 @@ from distdd_nas.search.backends import create_backend
 from distdd_nas.search.fedavg_objective import CurveObjective, FedAvgObjective
 from distdd_nas.search.objective import ProxyObjective, ProxyScorer, split_server_holdout
 from distdd_nas.stages.common import (
-    DISTILL_SECTIONS,
     FEDAVG_SECTIONS,
     Progress,
     StageOutcome,
+    distilled_fingerprint,
     write_config,
 )
 from distdd_nas.stages.distill import ensure_distilled, load_distilled
@@ -44,14 +44,18 @@ SEARCH_IDENTITY = (
     "pruner",
     "backend",
     "objective",
+    "seeds_per_trial",
+    "holdout_fraction",
+    "virtual_examples",
 )
 
 
 def search_fingerprint(config: StudyConfig) -> str:
     """Fingerprint of the distilled set plus the search settings that identify the study."""
     identity = {k: getattr(config.search, k) for k in SEARCH_IDENTITY}
-    sections = FEDAVG_SECTIONS if config.search.objective == "fedavg" else DISTILL_SECTIONS
-    return fingerprint(config, sections, extra=identity)
+    if config.search.objective == "fedavg":
+        return fingerprint(config, FEDAVG_SECTIONS, extra=identity)
+    return distilled_fingerprint(config, extra=identity)
 
 
 def fedavg_objective(study: Study) -> FedAvgObjective:
@@ -65,10 +69,15 @@ def fedavg_objective(study: Study) -> FedAvgObjective:
             "search.objective=fedavg runs on the Optuna backend only (it prices every pruned "
             'round); set search.backend="optuna"'
         )
+    if study.config.federation.engine != "inprocess":
+        raise ConfigError(
+            "search.objective=fedavg trains in-process only so far (one engine per trial); "
+            'set federation.engine="inprocess"'
+        )
     return FedAvgObjective(
         make_engine=study.make_engine,
         candidates=study.candidates,
-        test=study.federation.test,
+        test=study.validation_test,
         base=study.fedavg_settings,
         seed=study.config.study.seed,
     )
@@ -124,9 +133,10 @@ def replay_fedavg_search(
     study: Study, curves: pd.DataFrame, *, replicate: int, workdir: Path
 ) -> pd.DataFrame:
     """The study's FedAvg-based search replayed on ground-truth ``curves`` (no training): the
-    same backend, sampler, pruner and seed, observing replicate ``replicate``'s curves. On the
-    replicate the real search trains (0: the study seed) it makes the same decisions, so its
-    trial table (states, rounds, bytes) equals the real one's."""
+    same backend, sampler, pruner, seed and study name (Hyperband picks a trial's bracket from
+    it), observing replicate ``replicate``'s curves. On the replicate the real search trains
+    (0: the study seed) it makes the same decisions as an uninterrupted real run, so its trial
+    table (states, rounds, bytes) equals that run's (a resumed real run reseeds its sampler)."""
     objective = CurveObjective(
         curves=curves,
         candidates=study.candidates,
@@ -134,10 +144,11 @@ def replay_fedavg_search(
         rounds=study.fedavg_settings.rounds,
     )
     workdir.mkdir(parents=True, exist_ok=True)
+    name = f"{study.config.study.name}-{search_fingerprint(study.config)}"
     backend = make_backend(
         study,
-        storage=f"sqlite:///{(workdir / 'replay.db').resolve()}",
-        study_name=f"replay-{replicate}",
+        storage=f"sqlite:///{(workdir / f'replay-{replicate}.db').resolve()}",
+        study_name=name,
         workdir=workdir,
     )
     return backend.optimize(objective, n_trials=study.config.search.n_trials)

@@ -21,7 +21,12 @@ from distdd_nas.fedavg import run_fedavg
 from distdd_nas.report.metrics import ranking_metrics
 from distdd_nas.search.ranking import rank_trials, select_for_validation
 from distdd_nas.seeding import derive_seed
-from distdd_nas.stages.common import VALIDATE_SECTIONS, Progress, StageOutcome
+from distdd_nas.stages.common import (
+    VALIDATE_SECTIONS,
+    Progress,
+    StageOutcome,
+    distilled_fingerprint,
+)
 from distdd_nas.study import Study
 
 
@@ -51,7 +56,9 @@ def run_validate_stage(
     start = time.perf_counter()
     config = study.config
     trials = read_trials(out)
-    fp = fingerprint(config, VALIDATE_SECTIONS, extra=trials.to_json())
+    fp = fingerprint(
+        config, VALIDATE_SECTIONS, extra=[distilled_fingerprint(config), trials.to_json()]
+    )
     if is_complete(out / "validate", fp):  # same trials, same settings: FedAvg already done
         summary = load_json(out / "validate" / "summary.json")
         return StageOutcome(out / "validate", {**summary, "cache_hit": True})
@@ -73,7 +80,7 @@ def run_validate_stage(
         result = run_fedavg(
             engine,
             arch=candidate.arch,
-            test=study.federation.test,
+            test=study.validation_test,
             settings=candidate.fedavg_settings(base),
             seed=config.study.seed,
         )

@@ -63,12 +63,14 @@ def test_proxies_script_on_a_smoke_table(
         "parameter count (larger = better)",
         "NASWOT at init (distilled set)",
     ]
-    proxy_part, _, settled = out.partition("## Has the ranking settled by round 4?")
+    proxy_part, _, settled = out.partition("## DistDD proxy, 2 epochs against each other proxy")
     rows = [row for row in proxy_part.splitlines() if row.startswith("| ") and "---" not in row]
     body = [r for r in rows if not r.startswith("| proxy ")]
     assert [r.split(" | ")[0].removeprefix("| ") for r in body] == labels * 2  # all, half
     assert body[0].split(" | ")[1] == "6" and body[len(labels)].split(" | ")[1] == "3"
     assert "Kendall τ [90 % CI]" in out and "## Better half (by truth)" in out
+    assert "| parameter count (larger = better) | " in settled  # a paired Δτ row per proxy
+    settled = settled.partition("## Has the ranking settled by round 4?")[2]
     # rounds 1, 2, 3 of 4 against round 4, same seed
     assert [
         row.split(" | ")[0] for row in settled.splitlines() if row[:3] in ("| 1", "| 2", "| 3")

@@ -108,7 +108,14 @@ def test_other_settings_on_the_same_directory_are_refused(
     before = (tmp_path / "groundtruth" / "curves.csv").read_bytes()
     code = main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT, "--set", "fedavg.lr=0.2"])
     err = capsys.readouterr().err
-    assert code == 2 and "made under other settings" in err and "another --out" in err
+    assert code == 2 and "made under other trains" in err and "another --out" in err
+    assert (tmp_path / "groundtruth" / "curves.csv").read_bytes() == before
+    # Proxy-training settings change candidate ids, not FedAvg curves: the table still resumes
+    # (nothing to train) and keeps the ids it gave its rows.
+    assert (
+        main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT, "--set", "search.epochs=7"])
+        == 0
+    )
     assert (tmp_path / "groundtruth" / "curves.csv").read_bytes() == before
 
 
@@ -168,6 +175,16 @@ def test_two_shards_fill_the_same_table_as_one_process(
     capsys.readouterr()
     assert main(["groundtruth", str(SMOKE), "--out", str(shared), "--shard", "2/2"]) == 2
     assert "is not K/N with 0 <= K < N" in capsys.readouterr().err
+
+
+def test_a_unit_written_twice_keeps_its_first_curve(tmp_path: Path) -> None:
+    assert main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT]) == 0
+    curves = tmp_path / "groundtruth" / "curves.csv"
+    lines = curves.read_text().splitlines(keepends=True)
+    first = "".join(lines)
+    curves.write_text(first + "".join(lines[1:3]))  # unit 0 appended again (a rogue writer)
+    assert main(["groundtruth", str(SMOKE), "--out", str(tmp_path), *GT]) == 0
+    assert curves.read_text() == first
 
 
 def test_a_killed_writers_partial_block_is_dropped_and_retrained(tmp_path: Path) -> None:

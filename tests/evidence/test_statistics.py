@@ -120,3 +120,19 @@ def test_interval_formatting() -> None:
     assert Interval(0.5, 0.25, 0.75).format(2) == "0.50 [0.25, 0.75]"
     assert Interval(0.01, 0.0, 0.02).format(1, scale=100) == "1.0 [0.0, 2.0]"
     assert Interval(math.nan, math.nan, math.nan).format() == "nan [nan, nan]"
+
+
+def test_tau_difference_is_paired_and_signed() -> None:
+    from distdd_nas.evidence.statistics import kendall_tau_b, tau_difference
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=60)
+    good = truth + rng.normal(scale=0.3, size=60)
+    bad = rng.normal(size=60)
+    diff = tau_difference(good, bad, truth, seed=1, boot=400)
+    assert diff.point == pytest.approx(kendall_tau_b(good, truth) - kendall_tau_b(bad, truth))
+    assert diff.low > 0  # clearly better: the paired interval excludes 0
+    same = tau_difference(good, good, truth, seed=1, boot=100)
+    assert same.point == 0 and same.low == 0 and same.high == 0
+    again = tau_difference(good, bad, truth, seed=1, boot=400)
+    assert (again.low, again.high) == (diff.low, diff.high)

@@ -18,18 +18,22 @@ from tests.conftest import SMOKE, smoke
 
 pytestmark = pytest.mark.timeout(300)
 
-SEARCH = (
+BASE = (
     'search.objective="fedavg"',
-    'search.pruner="successive_halving"',
     'search.sampler="random"',
     "search.n_trials=10",
     "fedavg.rounds=9",
     "fedavg.local_epochs=1",
 )
+SEARCH = (*BASE, 'search.pruner="successive_halving"')
 
 
-def test_fedavg_search_prunes_rounds_and_its_replay_spends_the_same_bytes(tmp_path: Path) -> None:
-    args = [f"--set={s}" for s in SEARCH]
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_fedavg_search_prunes_rounds_and_its_replay_spends_the_same_bytes(
+    tmp_path: Path, pruner: str
+) -> None:
+    search = (*BASE, f'search.pruner="{pruner}"')
+    args = [f"--set={s}" for s in search]
     assert main(["search", str(SMOKE), "--out", str(tmp_path), *args]) == 0
     trials = pd.read_csv(tmp_path / "search" / "trials.csv")
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
@@ -37,7 +41,7 @@ def test_fedavg_search_prunes_rounds_and_its_replay_spends_the_same_bytes(tmp_pa
     pruned = trials[trials["state"] == "PRUNED"]
     complete = trials[(trials["state"] == "COMPLETE") & (trials["duplicate_of"] < 0)]
     assert len(pruned) >= 1 and len(complete) >= 1
-    # Successive halving with η = 3 stops trials at rungs 1 or 3; complete ones ran all 9.
+    # Both stop trials at rungs below 9 rounds (η = 3: 1 or 3); complete ones ran all 9.
     assert set(pruned["rounds"]) <= {1, 3} and set(complete["rounds"]) == {9}
     # Every trial's bytes are its rounds × what one round of its model costs (pruned ones too).
     assert (pruned["bytes_up"] > 0).all()
@@ -45,7 +49,7 @@ def test_fedavg_search_prunes_rounds_and_its_replay_spends_the_same_bytes(tmp_pa
 
     # Independent FedAvg runs (the ground truth's replicate 0 = the study seed) of every
     # candidate the search tried, then the same search replayed on those curves.
-    study = Study(smoke(*SEARCH))
+    study = Study(smoke(*search))
     seen = trials.drop_duplicates("candidate_id")
     units = []
     for i, row in enumerate(seen.itertuples()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
@@ -165,3 +166,22 @@ def test_portable_objective_rebuilds_the_same_scores(
     v1, a1 = rebuilt(params, lambda s, v: None)
     v2, a2 = federated(params, lambda s, v: None)
     assert v1 == v2 and a1["bytes_down"] == a2["bytes_down"] > 0
+
+
+def test_a_pruned_trial_still_names_its_candidate_and_cost(
+    holdout_objective: ProxyObjective,
+) -> None:
+    """The backend stores these with the PRUNED trial: without them every pruned trial would
+    share the empty id and the cost report would merge them into one candidate."""
+
+    def stop(step: int, value: float) -> None:
+        raise optuna.TrialPruned(f"pruned at {step}")
+
+    params = {"arch.depth": 1, "arch.width": 8}
+    with pytest.raises(Pruned) as info:
+        holdout_objective(params, stop)
+    attrs = info.value.attrs
+    want = holdout_objective.candidates(params)
+    assert attrs["candidate_id"] == want.candidate_id
+    assert attrs["model"] == want.arch.short_name() and attrs["num_parameters"] > 0
+    assert attrs["bytes_up"] == 0 == attrs["bytes_down"]  # server holdout: no traffic
