@@ -29,7 +29,7 @@ import datetime
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from distdd_nas.artifacts import is_complete, load_json, read_manifest, write_atomic
-from distdd_nas.config import StudyConfig, load_config
+from distdd_nas.config import StudyConfig, fingerprint, load_config
 from distdd_nas.errors import ArtifactError, DistddError
 from distdd_nas.evidence.groundtruth import CURVE_COLUMNS
 from distdd_nas.evidence.proxies import (
@@ -170,6 +170,126 @@ def _distilled(study: Study, cache: Path) -> tuple[Path, str]:
     return path, source
 
 
+class ScoreCache:
+    """Per-candidate scores of the server-side proxies in ``TABLE/proxy_scores.csv``, so a table
+    that grows over sessions re-scores only its new candidates. Rows carry a key of everything a
+    score depends on (the distilled set, epochs, seeds, search settings); rows under another key
+    are ignored. Scores are per candidate by construction (each candidate trains from a seed
+    derived from its own id), so scoring a subset gives the same numbers as scoring all."""
+
+    COLUMNS = ("key", "proxy", "candidate_id", "score", "bytes", "seconds")
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        rows = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(self.COLUMNS))
+        self.rows = rows[rows["key"] == key].astype({"candidate_id": str})
+
+    def get(
+        self, name: str, ids: Sequence[str], compute: Callable[[list[int]], ProxyScores]
+    ) -> ProxyScores:
+        """Scores of ``ids`` (table ids) for proxy ``name``: cached rows, the rest computed by
+        ``compute(positions)`` (positions into ``ids``) and saved."""
+        have = self.rows[self.rows["proxy"] == name].set_index("candidate_id")
+        missing = [i for i, c in enumerate(ids) if c not in have.index]
+        if missing:
+            fresh = compute(missing).relabel([ids[i] for i in missing])
+            new = pd.DataFrame(
+                {
+                    "key": self.key,
+                    "proxy": name,
+                    "candidate_id": list(fresh.candidate_ids),
+                    "score": fresh.scores,
+                    "bytes": fresh.bytes,
+                    "seconds": fresh.seconds,
+                }
+            )
+            self.rows = pd.concat([self.rows, new], ignore_index=True)
+            old = pd.read_csv(self.path) if self.path.exists() else self.rows.iloc[0:0]
+            keep = pd.concat([old[old["key"] != self.key], self.rows], ignore_index=True)
+            write_atomic(self.path, keep.to_csv(index=False, lineterminator="\n"))
+            have = self.rows[self.rows["proxy"] == name].set_index("candidate_id")
+        got = have.loc[list(ids)]
+        return ProxyScores(
+            name=name,
+            candidate_ids=tuple(ids),
+            scores=got["score"].to_numpy(dtype=float),
+            bytes=got["bytes"].to_numpy(dtype=np.int64),
+            seconds=got["seconds"].to_numpy(dtype=float),
+        )
+
+
+def cache_key(study: Study, distilled: Path, epochs: int, epochs_long: int) -> str:
+    """Everything the server-side proxy scores depend on."""
+    config = study.config
+    parts = {
+        "distilled": distilled.name,
+        "epochs": [epochs, epochs_long],
+        "seed": config.study.seed,
+        "search": config.search.model_dump(mode="json"),
+        "ipc": config.distill.ipc,
+        "threads": torch.get_num_threads(),
+    }
+    return fingerprint(config, (), extra=parts)
+
+
+def server_side_proxies(
+    study: Study,
+    candidates: list[Candidate],
+    ids: list[str],
+    *,
+    distilled: Path,
+    epochs: int,
+    epochs_long: int,
+    cache: ScoreCache,
+) -> list[tuple[str, ProxyScores]]:
+    """The proxies computed on the server's side (DistDD proxy at two budgets, the random real
+    reference, NASWOT), each read from ``cache`` or computed for the candidates it lacks."""
+    config, seed = study.config, study.config.study.seed
+    if config.search.backend != "optuna":  # the scorer is the same; NNI would write files
+        config = config.model_copy(
+            update={"search": config.search.model_copy(update={"backend": "optuna"})}
+        )
+        study = Study(config)
+    objective = make_objective(study, distilled, Path("unused"))
+    assert isinstance(objective, ProxyObjective)
+    scorer, fed = objective.scorer, study.federation
+    out: list[tuple[str, ProxyScores]] = []
+
+    def pick(positions: list[int]) -> list[Candidate]:
+        return [candidates[i] for i in positions]
+
+    try:
+        for e in dict.fromkeys((epochs, epochs_long)):  # once when they are equal
+            scores = cache.get(
+                f"distdd_e{e}",
+                ids,
+                lambda p, e=e: distilled_proxy(pick(p), scorer, epochs=e, name=f"distdd_e{e}"),
+            )
+            out.append((f"DistDD proxy, {e} epochs", scores))
+        real = cache.get(
+            f"random_real_e{epochs}",
+            ids,
+            lambda p: random_real_proxy(
+                pick(p),
+                scorer,
+                train=fed.train,
+                pool=np.concatenate(fed.split.client_indices),
+                ipc=config.distill.ipc,
+                seed=derive_seed(seed, "evidence", "random_real"),
+                epochs=epochs,
+                name=f"random_real_e{epochs}",
+            ),
+        )
+        out.append((f"random real subset, {epochs} epochs (centralized reference)", real))
+    finally:
+        if scorer.engine is not None:
+            scorer.engine.close()
+    images = load_distilled(distilled).images
+    nas = cache.get("naswot", ids, lambda p: naswot(pick(p), images, like=fed.train, seed=seed))
+    out.append(("NASWOT at init (distilled set)", nas))
+    return out
+
+
 def compute_proxies(
     study: Study,
     table: Table,
@@ -178,54 +298,33 @@ def compute_proxies(
     distilled: Path,
     epochs: int,
     epochs_long: int,
+    cache: ScoreCache,
 ) -> list[tuple[str, ProxyScores]]:
-    """(label, scores) of every proxy, ceiling first, each relabelled with the table's ids."""
+    """(label, scores) of every proxy, ceiling first, each under the table's ids."""
     ids = table.candidates["candidate_id"].tolist()
-    seed = study.config.study.seed
-    out: list[tuple[str, ProxyScores]] = []
-
-    def add(label: str, scores: ProxyScores) -> None:
-        print(f"  {label}: {scores.total_seconds:.1f} s", file=sys.stderr, flush=True)
-        out.append((label, scores.relabel(ids)))
-
     r = table.rounds
+    out: list[tuple[str, ProxyScores]] = []
     if table.replicates >= 2:
         ceiling = fedavg_after(table.curves, rounds=r, candidate_ids=ids, name="seed_ceiling")
-        add(f"seed-vs-seed ceiling (FedAvg, other seed, {r} rounds)", ceiling)
-    config = study.config
-    if config.search.backend != "optuna":  # the scorer is the same; NNI would write files
-        config = config.model_copy(
-            update={"search": config.search.model_copy(update={"backend": "optuna"})}
-        )
-        study = Study(config)
-    objective = make_objective(study, distilled, Path("unused"))
-    assert isinstance(objective, ProxyObjective)
-    scorer = objective.scorer
-    try:
-        for e in dict.fromkeys((epochs, epochs_long)):  # once when they are equal
-            scores = distilled_proxy(candidates, scorer, epochs=e, name=f"distdd_e{e}")
-            add(f"DistDD proxy, {e} epochs", scores)
-        fed = study.federation
-        real = random_real_proxy(
-            candidates,
-            scorer,
-            train=fed.train,
-            pool=np.concatenate(fed.split.client_indices),
-            ipc=config.distill.ipc,
-            seed=derive_seed(seed, "evidence", "random_real"),
-            epochs=epochs,
-            name=f"random_real_e{epochs}",
-        )
-        add(f"random real subset, {epochs} epochs (centralized reference)", real)
-    finally:
-        if scorer.engine is not None:
-            scorer.engine.close()
+        out.append((f"seed-vs-seed ceiling (FedAvg, other seed, {r} rounds)", ceiling))
+    server = server_side_proxies(
+        study,
+        candidates,
+        ids,
+        distilled=distilled,
+        epochs=epochs,
+        epochs_long=epochs_long,
+        cache=cache,
+    )
+    out += server[:-1]
     for k in (k for k in FEDAVG_ROUNDS if k <= r):
-        add(f"FedAvg after {k} round(s)", fedavg_after(table.curves, rounds=k, candidate_ids=ids))
-    add("parameter count (larger = better)", parameter_count(table.candidates))
-    images = load_distilled(distilled).images
-    add("NASWOT at init (distilled set)", naswot(candidates, images, like=fed.train, seed=seed))
-    return out
+        scores = fedavg_after(table.curves, rounds=k, candidate_ids=ids)
+        out.append((f"FedAvg after {k} round(s)", scores))
+    out.append(("parameter count (larger = better)", parameter_count(table.candidates)))
+    out.append(server[-1])
+    for label, scores in out:
+        print(f"  {label}: {scores.total_seconds:.1f} s", file=sys.stderr, flush=True)
+    return [(label, scores.relabel(ids)) for label, scores in out]
 
 
 def _cells(ev: RankingEvidence) -> list[str]:
@@ -278,6 +377,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--epochs-long", type=int, default=300, help="the longer DistDD proxy")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument(
+        "--prescore",
+        action="store_true",
+        help="only score every listed candidate into TABLE/proxy_scores.csv (no statistics)",
+    )
     return parser.parse_args(list(argv))
 
 
@@ -287,7 +391,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     config: StudyConfig = load_config(args.study, args.overrides)
     study = Study(config)
     table = load_table(args.table)
-    if len(table.candidates) < 4:
+    if len(table.candidates) < 4 and not args.prescore:
         raise ArtifactError(
             f"{args.table}: only {len(table.candidates)} candidates have complete curves; "
             "need at least 4 (let the groundtruth run go on)"
@@ -296,8 +400,30 @@ def run(args: argparse.Namespace, command: str) -> str:
     candidates = [study.candidates.from_row(row) for _, row in table.candidates.iterrows()]
     distilled, source = _distilled(study, args.cache)
     epochs = args.epochs or config.search.epochs
+    cache = ScoreCache(
+        args.table / "proxy_scores.csv", cache_key(study, distilled, epochs, args.epochs_long)
+    )
+    if args.prescore:  # score every listed candidate now; statistics come later
+        listed = table.listed["candidate_id"].astype(str).tolist()
+        everyone = [study.candidates.from_row(row) for _, row in table.listed.iterrows()]
+        server_side_proxies(
+            study,
+            everyone,
+            listed,
+            distilled=distilled,
+            epochs=epochs,
+            epochs_long=args.epochs_long,
+            cache=cache,
+        )
+        return f"scored {len(listed)} listed candidates into {cache.path}\n"
     proxies = compute_proxies(
-        study, table, candidates, distilled=distilled, epochs=epochs, epochs_long=args.epochs_long
+        study,
+        table,
+        candidates,
+        distilled=distilled,
+        epochs=epochs,
+        epochs_long=args.epochs_long,
+        cache=cache,
     )
     ids = table.candidates["candidate_id"].tolist()
     truth = fedavg_after(table.curves, rounds=table.rounds, replicate=0, candidate_ids=ids)

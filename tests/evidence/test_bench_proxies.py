@@ -124,3 +124,38 @@ def test_search_cost_script_on_a_smoke_table(
         assert method in text
     assert "MB sent as the pool grows (computed from the measured per-candidate means" in text
     assert _bench("search_cost").main([*common, "--proxy", "nope"]) == 2
+
+
+@pytest.mark.timeout(300)
+def test_prescored_candidates_are_reused_not_recomputed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table, cache = tmp_path / "table", tmp_path / "cache"
+    gt = ["--set", "groundtruth.candidates=5", "--set", "groundtruth.rounds=2"]
+    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
+    common = [
+        "--study",
+        str(SMOKE),
+        "--table",
+        str(table),
+        "--cache",
+        str(cache),
+        "--epochs",
+        "2",
+        "--epochs-long",
+        "3",
+        "--boot",
+        "50",
+    ]
+    bench = _bench("proxies")
+    assert bench.main([*common, "--prescore"]) == 0
+    scores = pd.read_csv(table / "proxy_scores.csv")
+    assert set(scores["proxy"]) == {"distdd_e2", "distdd_e3", "random_real_e2", "naswot"}
+    assert scores.groupby("proxy").size().tolist() == [5, 5, 5, 5]
+    before = (table / "proxy_scores.csv").read_bytes()
+    capsys.readouterr()
+    assert bench.main(common) == 0  # statistics only: every score comes from the cache
+    assert (table / "proxy_scores.csv").read_bytes() == before
+    frame = pd.read_csv(table / "proxies.csv").set_index("candidate_id")
+    cached = scores[scores["proxy"] == "distdd_e2"].set_index("candidate_id")["score"]
+    assert (frame.loc[cached.index, "distdd_e2"] == cached).all()
