@@ -36,18 +36,26 @@ from distdd_nas.study import Study
 GROWTH = (20, 40, 100, 540)
 
 
-def load_pool(study: Study, table: Path) -> tuple[Pool, pd.DataFrame]:
-    """The table's candidates with every replicate complete, as a replay pool."""
+def load_pool(study: Study, table: Path) -> tuple[Pool, pd.DataFrame, dict[str, str]]:
+    """The table's candidates with every replicate complete, as a replay pool keyed by the ids
+    this study gives them (a replayed trial names its candidate through the study's factory);
+    also the rows and the map table id → study id (they differ when proxy settings differ)."""
     plan = pd.read_json(table / "groundtruth" / "plan.json", typ="series")
     rounds = int(plan["config"]["groundtruth"]["rounds"] or plan["config"]["fedavg"]["rounds"])
-    curves = pd.read_csv(table / "groundtruth" / "curves.csv")
+    curves = pd.read_csv(table / "groundtruth" / "curves.csv").astype({"candidate_id": str})
     counts = curves.groupby("candidate_id")["round"].size()
     complete = counts[counts == rounds * curves["replicate"].nunique()].index
-    rows = pd.read_csv(table / "groundtruth" / "candidates.csv")
+    rows = pd.read_csv(table / "groundtruth" / "candidates.csv").astype({"candidate_id": str})
     rows = rows[rows["candidate_id"].isin(complete)]
-    candidates = {str(r["candidate_id"]): study.candidates.from_row(r) for _, r in rows.iterrows()}
-    pool = Pool(curves[curves["candidate_id"].isin(complete)], candidates, rounds=rounds)
-    return pool, rows
+    built = {str(r["candidate_id"]): study.candidates.from_row(r) for _, r in rows.iterrows()}
+    to_study = {tid: c.candidate_id for tid, c in built.items()}
+    kept = curves[curves["candidate_id"].isin(complete)]
+    pool = Pool(
+        kept.assign(candidate_id=kept["candidate_id"].map(to_study)),
+        {to_study[tid]: c for tid, c in built.items()},
+        rounds=rounds,
+    )
+    return pool, rows, to_study
 
 
 def growth(
@@ -72,10 +80,9 @@ def growth(
 
 def run(args: argparse.Namespace, command: str) -> str:
     study = Study(load_config(args.study, args.overrides))
-    pool, rows = load_pool(study, args.table)
-    proxies = (
-        pd.read_csv(args.table / "proxies.csv").set_index("candidate_id").loc[rows["candidate_id"]]
-    )
+    pool, rows, to_study = load_pool(study, args.table)
+    proxies = pd.read_csv(args.table / "proxies.csv").astype({"candidate_id": str})
+    proxies = proxies.set_index("candidate_id").loc[rows["candidate_id"]].rename(index=to_study)
     manifest = read_manifest(distilled_dir(study, args.cache)) or {}
     distill_bytes = float(manifest.get("bytes_up", 0)) + float(manifest.get("bytes_down", 0))
     distdd = {

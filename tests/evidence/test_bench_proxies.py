@@ -159,3 +159,34 @@ def test_prescored_candidates_are_reused_not_recomputed(
     frame = pd.read_csv(table / "proxies.csv").set_index("candidate_id")
     cached = scores[scores["proxy"] == "distdd_e2"].set_index("candidate_id")["score"]
     assert (frame.loc[cached.index, "distdd_e2"] == cached).all()
+
+
+@pytest.mark.timeout(300)
+def test_search_cost_replays_a_table_made_under_other_proxy_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Proxy settings change candidate ids, not FedAvg curves: the replay maps the table's ids
+    to the study's instead of failing on a missing curve."""
+    table, cache = tmp_path / "table", tmp_path / "cache"
+    gt = ["--set", "groundtruth.candidates=6", "--set", "groundtruth.rounds=3"]
+    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
+    common = ["--study", str(SMOKE), "--table", str(table), "--cache", str(cache)]
+    assert _bench("proxies").main([*common, "--epochs", "2", "--epochs-long", "2"]) == 0
+    capsys.readouterr()
+    argv = [
+        *common,
+        "--set",
+        "search.lr=0.02",
+        "--proxy",
+        "distdd_e2",
+        "--size",
+        "4",
+        "--repetitions",
+        "2",
+        "--random-budget",
+        "2",
+        "--top-k",
+        "2",
+    ]
+    assert _bench("search_cost").main(argv) == 0
+    assert "FedAvg + successive halving (4 candidates)" in capsys.readouterr().out
