@@ -17,6 +17,9 @@ candidates and on the better half (by truth). Proxies, in the printed order:
 
 Writes ``TABLE/proxies.csv`` (one row per candidate: truth, every proxy's score, bytes and
 seconds) and ``TABLE/proxies.md`` (the printed tables, the command line and the date on top).
+Server-side scores are cached per candidate in ``TABLE/proxy_scores.csv``; ``--prescore`` fills
+it for every listed candidate (curves complete or not) and prints no statistics. Use the same
+``--threads`` for ``--prescore`` and the final run (the thread count is part of the key).
 
     python bench/proxies.py --study studies/quickstart.toml --table bench/data/quickstart \\
         --cache artifacts --epochs-long 300 --threads 1
@@ -62,7 +65,7 @@ from distdd_nas.search.objective import ProxyObjective
 from distdd_nas.seeding import derive_seed
 from distdd_nas.stages.distill import distilled_dir, ensure_distilled, load_distilled
 from distdd_nas.stages.groundtruth import plan_for
-from distdd_nas.stages.search import make_objective
+from distdd_nas.stages.search import SEARCH_IDENTITY, make_objective
 from distdd_nas.study import Study
 
 #: FedAvg rounds read as proxies (those beyond the table's rounds are skipped).
@@ -181,8 +184,13 @@ class ScoreCache:
 
     def __init__(self, path: Path, key: str) -> None:
         self.path, self.key = path, key
-        rows = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(self.COLUMNS))
-        self.rows = rows[rows["key"] == key].astype({"candidate_id": str})
+        text = {"key": str, "proxy": str, "candidate_id": str}
+        rows = (
+            pd.read_csv(path, dtype=text)
+            if path.exists()
+            else pd.DataFrame(columns=list(self.COLUMNS))
+        )
+        self.rows = rows[rows["key"] == key]
 
     def get(
         self, name: str, ids: Sequence[str], compute: Callable[[list[int]], ProxyScores]
@@ -204,7 +212,11 @@ class ScoreCache:
                 }
             )
             self.rows = pd.concat([self.rows, new], ignore_index=True)
-            old = pd.read_csv(self.path) if self.path.exists() else self.rows.iloc[0:0]
+            old = (
+                pd.read_csv(self.path, dtype={"key": str, "proxy": str, "candidate_id": str})
+                if self.path.exists()
+                else self.rows.iloc[0:0]
+            )
             keep = pd.concat([old[old["key"] != self.key], self.rows], ignore_index=True)
             write_atomic(self.path, keep.to_csv(index=False, lineterminator="\n"))
             have = self.rows[self.rows["proxy"] == name].set_index("candidate_id")
@@ -219,13 +231,23 @@ class ScoreCache:
 
 
 def cache_key(study: Study, distilled: Path, epochs: int, epochs_long: int) -> str:
-    """Everything the server-side proxy scores depend on."""
+    """Everything the server-side proxy scores depend on: the distilled set, the proxy's
+    training and scoring settings (the search identity minus how trials are proposed), the
+    FedAvg settings simulated FedAvg uses for ``fedavg.*`` spaces, seeds, images per class, and
+    the thread count (float rounding). Run ``--prescore`` and the final run with one ``--threads``.
+    """
     config = study.config
+    search = {
+        k: getattr(config.search, k)
+        for k in SEARCH_IDENTITY
+        if k not in ("sampler", "pruner", "backend")
+    }
     parts = {
         "distilled": distilled.name,
         "epochs": [epochs, epochs_long],
         "seed": config.study.seed,
-        "search": config.search.model_dump(mode="json"),
+        "search": search,
+        "fedavg": config.fedavg.model_dump(mode="json"),
         "ipc": config.distill.ipc,
         "threads": torch.get_num_threads(),
     }

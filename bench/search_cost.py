@@ -27,7 +27,7 @@ import pandas as pd
 
 from distdd_nas.artifacts import read_manifest, write_atomic
 from distdd_nas.config import load_config
-from distdd_nas.errors import DistddError
+from distdd_nas.errors import ArtifactError, DistddError
 from distdd_nas.evidence.search_cost import Pool, compare_searches, summarise
 from distdd_nas.report.tables import markdown_table
 from distdd_nas.stages.distill import distilled_dir
@@ -42,13 +42,18 @@ def load_pool(study: Study, table: Path) -> tuple[Pool, pd.DataFrame, dict[str, 
     also the rows and the map table id → study id (they differ when proxy settings differ)."""
     plan = pd.read_json(table / "groundtruth" / "plan.json", typ="series")
     rounds = int(plan["config"]["groundtruth"]["rounds"] or plan["config"]["fedavg"]["rounds"])
-    curves = pd.read_csv(table / "groundtruth" / "curves.csv").astype({"candidate_id": str})
+    curves = pd.read_csv(table / "groundtruth" / "curves.csv", dtype={"candidate_id": str})
     counts = curves.groupby("candidate_id")["round"].size()
     complete = counts[counts == rounds * curves["replicate"].nunique()].index
-    rows = pd.read_csv(table / "groundtruth" / "candidates.csv").astype({"candidate_id": str})
+    rows = pd.read_csv(table / "groundtruth" / "candidates.csv", dtype={"candidate_id": str})
     rows = rows[rows["candidate_id"].isin(complete)]
     built = {str(r["candidate_id"]): study.candidates.from_row(r) for _, r in rows.iterrows()}
     to_study = {tid: c.candidate_id for tid, c in built.items()}
+    if len(set(to_study.values())) < len(to_study):
+        raise ArtifactError(
+            f"{table}: this study builds one candidate from several of the table's; replay it "
+            "with the settings the table was made with (see groundtruth/plan.json)"
+        )
     kept = curves[curves["candidate_id"].isin(complete)]
     pool = Pool(
         kept.assign(candidate_id=kept["candidate_id"].map(to_study)),
@@ -81,8 +86,15 @@ def growth(
 def run(args: argparse.Namespace, command: str) -> str:
     study = Study(load_config(args.study, args.overrides))
     pool, rows, to_study = load_pool(study, args.table)
-    proxies = pd.read_csv(args.table / "proxies.csv").astype({"candidate_id": str})
-    proxies = proxies.set_index("candidate_id").loc[rows["candidate_id"]].rename(index=to_study)
+    proxies = pd.read_csv(args.table / "proxies.csv", dtype={"candidate_id": str})
+    proxies = proxies.set_index("candidate_id")
+    missing = sorted(set(rows["candidate_id"]) - set(proxies.index))
+    if missing:
+        raise ArtifactError(
+            f"{args.table / 'proxies.csv'} lacks {len(missing)} of the table's complete "
+            "candidates; re-run bench/proxies.py on the table first"
+        )
+    proxies = proxies.loc[rows["candidate_id"]].rename(index=to_study)
     manifest = read_manifest(distilled_dir(study, args.cache)) or {}
     distill_bytes = float(manifest.get("bytes_up", 0)) + float(manifest.get("bytes_down", 0))
     distdd = {

@@ -256,9 +256,12 @@ class AppendTable:
     drop a killed worker's partial block). Columns are fixed at creation.
     """
 
-    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+    def __init__(
+        self, path: Path, columns: tuple[str, ...], *, text: tuple[str, ...] = ()
+    ) -> None:
         self.path = Path(path)
         self.columns = columns
+        self.text = text  # columns read as strings (ids such as "0123e45" are not numbers)
 
     def _locked(self) -> AbstractContextManager[None]:
         return locked(self.path.with_name(self.path.name + ".lock"))
@@ -285,7 +288,7 @@ class AppendTable:
                 f"{self.path} has columns {header[:4]}..., not this table's; "
                 "move it away or use another --out"
             )
-        return pd.read_csv(io.BytesIO(whole))
+        return pd.read_csv(io.BytesIO(whole), dtype=dict.fromkeys(self.text, str))
 
     def append(self, frame: pd.DataFrame) -> None:
         """Append ``frame`` (its columns must be this table's) durably, header first if new."""
@@ -302,9 +305,10 @@ class AppendTable:
         """Replace the table by ``rows(table)`` (a filter), read and rewritten inside one lock
         so no other writer's block is lost in between; returns what was kept."""
         with self._locked():
-            kept = rows(self._read_unlocked())
+            table = self._read_unlocked()
+            kept = rows(table)
             self._check(kept)
-            if self.path.exists():
+            if self.path.exists() and len(kept) != len(table):
                 write_atomic(self.path, kept.to_csv(index=False, lineterminator="\n"))
         return kept
 

@@ -37,7 +37,7 @@ def test_failed_stage_keeps_previous_result(tmp_path: Path) -> None:
         raise RuntimeError("crash mid-stage")
     assert load_json(path / "summary.json") == {"v": 1}
     assert is_complete(path, "v1")
-    assert not (tmp_path / "s.partial").exists()
+    assert list(tmp_path.iterdir()) == [path]  # no partial or old directory left behind
 
 
 def test_corrupt_and_missing_artifacts_raise_artifact_error(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ loaded, so the whole table takes seconds.
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -120,20 +119,27 @@ def test_bad_input_fails_first_in_one_line_and_changes_nothing(
     assert not (tmp_path / "cache").exists()  # nothing distilled
 
 
-def test_bad_search_space_fails_before_distilling_in_seconds(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_bad_search_space_fails_before_distilling(
+    run_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The issue's case: ``run --set search.space=nope`` used to distil and rewrite config.json
-    first."""
+    first. (No timing assertion: the check is that no expensive stage starts at all.)"""
+    import distdd_nas.stages.distill as distill_stage
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a stage ran before the inputs were checked")
+
+    monkeypatch.setattr(distill_stage, "on_configured_engine", must_not_run)
     config = (run_dir / "config.json").read_bytes()
-    start = time.perf_counter()
     code = cli.main(
         [
             *("run", str(SMOKE), "--set", "search.space=nope"),
             *("--out", str(run_dir), "--cache", str(tmp_path / "cache")),
         ]
     )
-    assert time.perf_counter() - start < 5.0
     assert code == 2 and "search.space" in capsys.readouterr().err
     assert (run_dir / "config.json").read_bytes() == config
     assert not (tmp_path / "cache").exists()

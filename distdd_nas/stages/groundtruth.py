@@ -127,9 +127,11 @@ def run_groundtruth_stage(
             plan.candidates, num_parameters=lambda c: study.num_parameters(c.arch)
         )
         write_atomic(path / "candidates.csv", table.to_csv(index=False, lineterminator="\n"))
-    keys = pd.read_csv(path / "candidates.csv")["candidate_id"].astype(str).tolist()
-    curves_file = AppendTable(path / "curves.csv", CURVE_COLUMNS)
-    done = _finished_units(curves_file, plan.rounds)
+    keys = pd.read_csv(path / "candidates.csv", dtype={"candidate_id": str})[
+        "candidate_id"
+    ].tolist()
+    curves_file = AppendTable(path / "curves.csv", CURVE_COLUMNS, text=("candidate_id",))
+    done = _units_in(_whole_units(curves_file, plan.rounds))
     units = [replace(u, key=keys[u.index]) for u in plan.units()]
     for i, unit in enumerate(units):
         if i % n != k or (unit.candidate_id, unit.replicate) in done:
@@ -144,8 +146,8 @@ def run_groundtruth_stage(
         curves_file.append(rows)
         if progress is not None:
             progress(i + 1, len(units), {"test_accuracy": float(rows["test_accuracy"].iloc[-1])})
-    curves = curves_file.read()
-    finished = len(_finished_units(curves_file, plan.rounds))
+    curves = _whole_units(curves_file, plan.rounds)
+    finished = len(_units_in(curves))
     if finished < len(units):  # other shards are still training
         return StageOutcome(path, {"units": len(units), "finished": finished})
     last = curves[curves["round"] == plan.rounds]
@@ -188,15 +190,21 @@ def _claim(path: Path, fp: str, identity: dict[str, Any], config: StudyConfig) -
     write_atomic(plan_file, json.dumps(plan, indent=2, sort_keys=True) + "\n")
 
 
-def _finished_units(table: AppendTable, rounds: int) -> set[tuple[str, int]]:
-    """(candidate_id, replicate) pairs whose whole curve is in the table. Inside one lock, rows
-    of a unit a killed writer left incomplete are dropped (it is trained again) and a unit
-    written twice keeps its first curve."""
+def _whole_units(table: AppendTable, rounds: int) -> pd.DataFrame:
+    """The table's rows of whole curves only. Inside one lock, rows of a unit a killed writer
+    left incomplete are dropped from the file (it is trained again) and a unit written twice
+    keeps its first curve."""
 
     def whole(curves: pd.DataFrame) -> pd.DataFrame:
         once = curves.drop_duplicates(["candidate_id", "replicate", "round"], keep="first")
         size = once.groupby(["candidate_id", "replicate"])["round"].transform("size")
         return once[size == rounds].reset_index(drop=True)
 
-    kept = table.keep(whole)
-    return {(str(c), int(r)) for c, r in zip(kept["candidate_id"], kept["replicate"], strict=True)}
+    return table.keep(whole)
+
+
+def _units_in(curves: pd.DataFrame) -> set[tuple[str, int]]:
+    """(candidate_id, replicate) pairs present in ``curves``."""
+    return {
+        (str(c), int(r)) for c, r in zip(curves["candidate_id"], curves["replicate"], strict=True)
+    }

@@ -198,3 +198,12 @@ def test_a_killed_writers_partial_block_is_dropped_and_retrained(tmp_path: Path)
     pd.testing.assert_frame_equal(
         again, pd.read_csv(io.StringIO(whole)).drop(columns="wall_s"), check_like=False
     )
+
+
+def test_ids_that_look_like_numbers_stay_text(tmp_path: Path) -> None:
+    table = AppendTable(tmp_path / "t.csv", ("candidate_id", "x"), text=("candidate_id",))
+    table.append(pd.DataFrame({"candidate_id": ["0123456789", "1234567e89"], "x": [1, 2]}))
+    assert table.read()["candidate_id"].tolist() == ["0123456789", "1234567e89"]
+    kept = table.keep(lambda rows: rows)  # nothing dropped: the file is not rewritten
+    assert kept["candidate_id"].tolist() == ["0123456789", "1234567e89"]
+    assert "0123456789" in (tmp_path / "t.csv").read_text()
