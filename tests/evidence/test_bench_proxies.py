@@ -25,6 +25,22 @@ def _bench(name: str) -> ModuleType:
     return module
 
 
+def _smoke_table(tmp_path: Path, *, candidates: int, rounds: int) -> tuple[Path, list[str]]:
+    """A small smoke ground-truth table under ``tmp_path/table`` and the bench arguments that
+    name it (study, table, a fresh cache)."""
+    table = tmp_path / "table"
+    gt = ["--set", f"groundtruth.candidates={candidates}", "--set", f"groundtruth.rounds={rounds}"]
+    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
+    return table, [
+        "--study",
+        str(SMOKE),
+        "--table",
+        str(table),
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
+
+
 @pytest.mark.timeout(300)
 def test_proxies_script_on_a_smoke_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -90,10 +106,7 @@ def test_proxies_script_on_a_smoke_table(
 def test_search_cost_script_on_a_smoke_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    table, cache = tmp_path / "table", tmp_path / "cache"
-    gt = ["--set", "groundtruth.candidates=8", "--set", "groundtruth.rounds=3"]
-    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
-    common = ["--study", str(SMOKE), "--table", str(table), "--cache", str(cache)]
+    table, common = _smoke_table(tmp_path, candidates=8, rounds=3)
     assert (
         _bench("proxies").main([*common, "--epochs", "2", "--epochs-long", "2", "--boot", "50"])
         == 0
@@ -130,23 +143,8 @@ def test_search_cost_script_on_a_smoke_table(
 def test_prescored_candidates_are_reused_not_recomputed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    table, cache = tmp_path / "table", tmp_path / "cache"
-    gt = ["--set", "groundtruth.candidates=5", "--set", "groundtruth.rounds=2"]
-    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
-    common = [
-        "--study",
-        str(SMOKE),
-        "--table",
-        str(table),
-        "--cache",
-        str(cache),
-        "--epochs",
-        "2",
-        "--epochs-long",
-        "3",
-        "--boot",
-        "50",
-    ]
+    table, base = _smoke_table(tmp_path, candidates=5, rounds=2)
+    common = [*base, "--epochs", "2", "--epochs-long", "3", "--boot", "50"]
     bench = _bench("proxies")
     assert bench.main([*common, "--prescore"]) == 0
     scores = pd.read_csv(table / "proxy_scores.csv")
@@ -167,10 +165,7 @@ def test_search_cost_replays_a_table_made_under_other_proxy_settings(
 ) -> None:
     """Proxy settings change candidate ids, not FedAvg curves: the replay maps the table's ids
     to the study's instead of failing on a missing curve."""
-    table, cache = tmp_path / "table", tmp_path / "cache"
-    gt = ["--set", "groundtruth.candidates=6", "--set", "groundtruth.rounds=3"]
-    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
-    common = ["--study", str(SMOKE), "--table", str(table), "--cache", str(cache)]
+    _, common = _smoke_table(tmp_path, candidates=6, rounds=3)
     assert _bench("proxies").main([*common, "--epochs", "2", "--epochs-long", "2"]) == 0
     capsys.readouterr()
     argv = [
