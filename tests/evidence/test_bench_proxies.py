@@ -45,26 +45,9 @@ def _smoke_table(tmp_path: Path, *, candidates: int, rounds: int) -> tuple[Path,
 def test_proxies_script_on_a_smoke_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    table = tmp_path / "table"
-    gt = ["--set", "groundtruth.candidates=6", "--set", "groundtruth.rounds=4"]
-    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
+    table, common = _smoke_table(tmp_path, candidates=6, rounds=4)
     capsys.readouterr()
-    argv = [
-        "--study",
-        str(SMOKE),
-        "--table",
-        str(table),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--epochs",
-        "2",
-        "--epochs-long",
-        "4",
-        "--boot",
-        "100",
-        "--threads",
-        "1",
-    ]
+    argv = [*common, "--epochs", "2", "--epochs-long", "4", "--boot", "100", "--threads", "1"]
     assert _bench("proxies").main(argv) == 0
     out = capsys.readouterr().out
     assert "the table's 6 candidates are this study's plan" in out
