@@ -33,8 +33,6 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +40,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from distdd_nas.artifacts import is_complete, load_json, read_manifest, write_atomic
+from distdd_nas.artifacts import is_complete, read_manifest, write_atomic
 from distdd_nas.config import StudyConfig, fingerprint, load_config
 from distdd_nas.errors import ArtifactError, DistddError
-from distdd_nas.evidence.groundtruth import CURVE_COLUMNS
 from distdd_nas.evidence.proxies import (
     ProxyScores,
     distilled_proxy,
@@ -64,7 +61,7 @@ from distdd_nas.search.candidate import Candidate
 from distdd_nas.search.objective import ProxyObjective
 from distdd_nas.seeding import derive_seed
 from distdd_nas.stages.distill import distilled_dir, ensure_distilled, load_distilled
-from distdd_nas.stages.groundtruth import plan_for
+from distdd_nas.stages.groundtruth import GroundTruthTable, plan_for, read_table
 from distdd_nas.stages.search import SEARCH_IDENTITY, make_objective
 from distdd_nas.study import Study
 
@@ -74,52 +71,7 @@ FEDAVG_ROUNDS = (1, 2, 4, 8)
 TRUTH_SECTIONS = ("data", "partition", "noise", "federation", "fedavg")
 
 
-@dataclass(frozen=True)
-class Table:
-    """A ground-truth table as read: complete candidates only, with the plan's settings."""
-
-    candidates: pd.DataFrame
-    curves: pd.DataFrame
-    rounds: int
-    replicates: int
-    config: dict[str, Any]
-    listed: pd.DataFrame
-
-
-def read_curves(path: Path) -> pd.DataFrame:
-    """``curves.csv`` without writing to it or its lock (a live table may be growing):
-    bytes up to the last newline only, so a block being appended is left out."""
-    if not path.exists():
-        return pd.DataFrame(columns=list(CURVE_COLUMNS))
-    raw = path.read_bytes()
-    whole = raw[: raw.rfind(b"\n") + 1]
-    return pd.read_csv(BytesIO(whole)) if whole else pd.DataFrame(columns=list(CURVE_COLUMNS))
-
-
-def load_table(table_dir: Path) -> Table:
-    """The table's plan, candidates and curves; candidates whose every replicate has every
-    round (1..rounds) are kept, in sample order."""
-    gt = table_dir / "groundtruth"
-    if not (gt / "plan.json").exists():
-        raise ArtifactError(f"{gt} holds no plan.json; pass the directory given to --out")
-    config = load_json(gt / "plan.json")["config"]
-    g = config["groundtruth"]
-    rounds = int(g["rounds"] if g.get("rounds") is not None else config["fedavg"]["rounds"])
-    replicates = int(g["replicates"])
-    listed = pd.read_csv(gt / "candidates.csv").sort_values("index").reset_index(drop=True)
-    curves = read_curves(gt / "curves.csv")
-    curves = curves.assign(candidate_id=curves["candidate_id"].astype(str))
-    rows = curves[(curves["round"] >= 1) & (curves["round"] <= rounds)]
-    counts = rows.groupby(["candidate_id", "replicate"])["round"].nunique()
-    whole = counts[counts == rounds].reset_index()
-    per = whole[whole["replicate"] < replicates].groupby("candidate_id").size()
-    done = set(per[per == replicates].index)
-    listed = listed.assign(candidate_id=listed["candidate_id"].astype(str))
-    keep = listed[listed["candidate_id"].isin(done)].reset_index(drop=True)
-    return Table(keep, curves, rounds, replicates, config, listed)
-
-
-def check_plan(study: Study, table: Table) -> list[str]:
+def check_plan(study: Study, table: GroundTruthTable) -> list[str]:
     """Warnings where the table was not made under this study: candidate ids that differ from
     the study's plan (same length), or settings the truth depends on that differ."""
     notes: list[str] = []
@@ -314,7 +266,7 @@ def server_side_proxies(
 
 def compute_proxies(
     study: Study,
-    table: Table,
+    table: GroundTruthTable,
     candidates: list[Candidate],
     *,
     distilled: Path,
@@ -412,7 +364,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     start = time.perf_counter()
     config: StudyConfig = load_config(args.study, args.overrides)
     study = Study(config)
-    table = load_table(args.table)
+    table = read_table(args.table)
     if len(table.candidates) < 4 and not args.prescore:
         raise ArtifactError(
             f"{args.table}: only {len(table.candidates)} candidates have complete curves; "
@@ -506,7 +458,9 @@ def paired(
     return "\n".join(lines) + "\n"
 
 
-def settling(table: Table, ids: list[str], truth: ProxyScores, *, seed: int, boot: int) -> str:
+def settling(
+    table: GroundTruthTable, ids: list[str], truth: ProxyScores, *, seed: int, boot: int
+) -> str:
     """Has the ranking settled by the final round? Same seed (replicate 0): Kendall τ between
     the accuracy after r rounds and after R, for r = R/4, R/2, 3R/4."""
     lines = [

@@ -31,6 +31,7 @@ from distdd_nas.errors import ArtifactError, DistddError
 from distdd_nas.evidence.search_cost import Pool, compare_searches, summarise
 from distdd_nas.report.tables import markdown_table
 from distdd_nas.stages.distill import distilled_dir
+from distdd_nas.stages.groundtruth import read_table
 from distdd_nas.study import Study
 
 GROWTH = (20, 40, 100, 540)
@@ -40,13 +41,8 @@ def load_pool(study: Study, table: Path) -> tuple[Pool, pd.DataFrame, dict[str, 
     """The table's candidates with every replicate complete, as a replay pool keyed by the ids
     this study gives them (a replayed trial names its candidate through the study's factory);
     also the rows and the map table id → study id (they differ when proxy settings differ)."""
-    plan = pd.read_json(table / "groundtruth" / "plan.json", typ="series")
-    rounds = int(plan["config"]["groundtruth"]["rounds"] or plan["config"]["fedavg"]["rounds"])
-    curves = pd.read_csv(table / "groundtruth" / "curves.csv", dtype={"candidate_id": str})
-    counts = curves.groupby("candidate_id")["round"].size()
-    complete = counts[counts == rounds * curves["replicate"].nunique()].index
-    rows = pd.read_csv(table / "groundtruth" / "candidates.csv", dtype={"candidate_id": str})
-    rows = rows[rows["candidate_id"].isin(complete)]
+    read = read_table(table)
+    rows = read.candidates
     built = {str(r["candidate_id"]): study.candidates.from_row(r) for _, r in rows.iterrows()}
     to_study = {tid: c.candidate_id for tid, c in built.items()}
     if len(set(to_study.values())) < len(to_study):
@@ -54,11 +50,11 @@ def load_pool(study: Study, table: Path) -> tuple[Pool, pd.DataFrame, dict[str, 
             f"{table}: this study builds one candidate from several of the table's; replay it "
             "with the settings the table was made with (see groundtruth/plan.json)"
         )
-    kept = curves[curves["candidate_id"].isin(complete)]
+    kept = read.curves[read.curves["candidate_id"].isin(rows["candidate_id"])]
     pool = Pool(
         kept.assign(candidate_id=kept["candidate_id"].map(to_study)),
         {to_study[tid]: c for tid, c in built.items()},
-        rounds=rounds,
+        rounds=read.rounds,
     )
     return pool, rows, to_study
 

@@ -266,21 +266,24 @@ class AppendTable:
     def _locked(self) -> AbstractContextManager[None]:
         return locked(self.path.with_name(self.path.name + ".lock"))
 
-    def read(self) -> pd.DataFrame:
+    def read(self, *, repair: bool = True) -> pd.DataFrame:
         """The rows written so far (an empty frame with the columns when there is no file).
+
+        ``repair=False`` only reads (a reader of a table others may still be writing): a torn
+        last line is left out of the frame but stays in the file.
 
         Raises:
             ArtifactError: The file's header is not this table's columns.
         """
         with self._locked():
-            return self._read_unlocked()
+            return self._read_unlocked(repair=repair)
 
-    def _read_unlocked(self) -> pd.DataFrame:
+    def _read_unlocked(self, *, repair: bool = True) -> pd.DataFrame:
         if not self.path.exists():
             return pd.DataFrame(columns=list(self.columns))
         raw = self.path.read_bytes()
         whole = raw[: raw.rfind(b"\n") + 1]
-        if whole != raw:  # a torn last line from a killed writer: drop it for good
+        if repair and whole != raw:  # a torn last line from a killed writer: drop it for good
             write_atomic(self.path, whole)
         header = whole.split(b"\n", 1)[0].decode("utf-8", errors="replace").split(",")
         if tuple(header) != self.columns:

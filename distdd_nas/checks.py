@@ -27,6 +27,7 @@ from distdd_nas.data.datasets import IMAGE_SHAPES
 from distdd_nas.errors import ConfigError, MissingDependencyError
 from distdd_nas.models import build_model, count_parameters
 from distdd_nas.search.backends import check_backend
+from distdd_nas.search.fedavg_objective import require_fedavg_search
 from distdd_nas.study import Study
 
 #: Largest reference model a run accepts (every client trains a copy; 100 M float32 parameters
@@ -152,11 +153,8 @@ def check_search(study: Study) -> None:
     """
     sc = study.config.search
     check_backend(sc.backend)
-    if sc.objective == "fedavg" and sc.backend != "optuna":
-        raise ConfigError(
-            "search.objective = fedavg runs on the Optuna backend only (it prices every pruned "
-            'round); set search.backend = "optuna"'
-        )
+    if sc.objective == "fedavg":
+        require_fedavg_search(backend=sc.backend, engine=study.config.federation.engine)
     if sc.backend == "nni":
         _check_nni(sc.sampler, sc.pruner)
         return

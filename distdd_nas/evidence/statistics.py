@@ -164,6 +164,21 @@ def bootstrap_interval(
     return Interval(point, float(low), float(high), valid)
 
 
+def _resamples(seed: int, stream: str, *, boot: int, n: int) -> np.ndarray:
+    """``boot`` × ``n`` candidate indices drawn with replacement from the named stream."""
+    return numpy_rng(seed, "evidence", "bootstrap", stream).integers(0, n, size=(boot, n))
+
+
+def tau_interval(
+    proxy: Any, truth: Any, *, seed: int, boot: int = BOOTSTRAP, confidence: float = CONFIDENCE
+) -> Interval:
+    """Kendall τ-b alone with its bootstrap interval (the same resamples, hence the same
+    interval, as :func:`ranking_evidence`'s ``tau``)."""
+    x, y = _pair(proxy, truth)
+    resamples = _resamples(seed, "all", boot=boot, n=len(x))
+    return bootstrap_interval(kendall_tau_b, x, y, resamples, confidence=confidence)
+
+
 def ranking_evidence(
     proxy: Any,
     truth: Any,
@@ -192,8 +207,7 @@ def ranking_evidence(
             "0 < confidence < 1, k >= 1"
         )
     n = len(x)
-    rng = numpy_rng(seed, "evidence", "bootstrap", stream)
-    resamples = rng.integers(0, n, size=(boot, n))
+    resamples = _resamples(seed, stream, boot=boot, n=n)
     kk = min(k, n)
 
     def overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -238,9 +252,7 @@ def tau_difference(
             f"tau_difference needs >= 2 candidates (got {len(y)}), boot >= 1 and "
             "0 < confidence < 1"
         )
-    resamples = numpy_rng(seed, "evidence", "bootstrap", "paired").integers(
-        0, len(y), size=(boot, len(y))
-    )
+    resamples = _resamples(seed, "paired", boot=boot, n=len(y))
 
     def delta(ab: np.ndarray, t: np.ndarray) -> float:  # rows: candidates; columns: a, b
         return kendall_tau(ab[:, 0], t) - kendall_tau(ab[:, 1], t)
@@ -297,6 +309,7 @@ __all__ = [
     "ranking_evidence",
     "spearman",
     "tau_difference",
+    "tau_interval",
     "top1_regret",
     "topk_overlap",
 ]

@@ -23,10 +23,30 @@ import optuna
 import pandas as pd
 
 from distdd_nas.data import ImageDataset
+from distdd_nas.errors import ConfigError
 from distdd_nas.fedavg import FedAvgSettings, run_fedavg
 from distdd_nas.federation import Engine
 from distdd_nas.search.backends.base import Pruned, Reporter
 from distdd_nas.search.candidate import Candidate, CandidateFactory
+
+
+def require_fedavg_search(*, backend: str, engine: str) -> None:
+    """Where the FedAvg-based search can run: the Optuna backend (NNI would lose pruned trials'
+    bytes) and the in-process engine (one fresh engine, and ledger, per trial).
+
+    Raises:
+        ConfigError: Another backend or engine; the message names the setting to change.
+    """
+    if backend != "optuna":
+        raise ConfigError(
+            "search.objective=fedavg runs on the Optuna backend only (it prices every pruned "
+            'round); set search.backend = "optuna"'
+        )
+    if engine != "inprocess":
+        raise ConfigError(
+            "search.objective=fedavg trains in-process only so far (one engine per trial); "
+            'set federation.engine = "inprocess"'
+        )
 
 
 class MissingCurve(LookupError):
@@ -182,4 +202,4 @@ class CurveObjective:
         return float(last["test_accuracy"]), attrs
 
 
-__all__ = ["CurveObjective", "FedAvgObjective", "MissingCurve"]
+__all__ = ["CurveObjective", "FedAvgObjective", "MissingCurve", "require_fedavg_search"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,17 +190,54 @@ def _claim(path: Path, fp: str, identity: dict[str, Any], config: StudyConfig) -
     write_atomic(plan_file, json.dumps(plan, indent=2, sort_keys=True) + "\n")
 
 
+def _whole(curves: pd.DataFrame, rounds: int) -> pd.DataFrame:
+    """Rows of whole curves only: a unit's rows 1..``rounds`` (a unit written twice keeps its
+    first curve; a unit a killed writer left incomplete is left out)."""
+    once = curves.drop_duplicates(["candidate_id", "replicate", "round"], keep="first")
+    size = once.groupby(["candidate_id", "replicate"])["round"].transform("size")
+    return once[size == rounds].reset_index(drop=True)
+
+
 def _whole_units(table: AppendTable, rounds: int) -> pd.DataFrame:
-    """The table's rows of whole curves only. Inside one lock, rows of a unit a killed writer
-    left incomplete are dropped from the file (it is trained again) and a unit written twice
-    keeps its first curve."""
+    """The table's whole curves; inside one lock, the file is cut down to them (an incomplete
+    unit is trained again)."""
+    return table.keep(lambda curves: _whole(curves, rounds))
 
-    def whole(curves: pd.DataFrame) -> pd.DataFrame:
-        once = curves.drop_duplicates(["candidate_id", "replicate", "round"], keep="first")
-        size = once.groupby(["candidate_id", "replicate"])["round"].transform("size")
-        return once[size == rounds].reset_index(drop=True)
 
-    return table.keep(whole)
+@dataclass(frozen=True)
+class GroundTruthTable:
+    """A ground-truth directory as read: its plan's settings, every listed candidate, the
+    whole curves, and the candidates whose every replicate is complete (in sample order)."""
+
+    candidates: pd.DataFrame
+    curves: pd.DataFrame
+    rounds: int
+    replicates: int
+    config: dict[str, Any]
+    listed: pd.DataFrame
+
+
+def read_table(table_dir: Path) -> GroundTruthTable:
+    """Read ``table_dir/groundtruth/`` without writing to it (a table may still be growing).
+
+    Raises:
+        ArtifactError: No ``plan.json`` there.
+    """
+    gt = table_dir / "groundtruth"
+    if not (gt / "plan.json").exists():
+        raise ArtifactError(f"{gt} holds no plan.json; pass the directory given to --out")
+    config = load_json(gt / "plan.json")["config"]
+    g = config["groundtruth"]
+    rounds = int(g["rounds"] if g.get("rounds") is not None else config["fedavg"]["rounds"])
+    replicates = int(g["replicates"])
+    listed = pd.read_csv(gt / "candidates.csv", dtype={"candidate_id": str})
+    listed = listed.sort_values("index").reset_index(drop=True)
+    raw = AppendTable(gt / "curves.csv", CURVE_COLUMNS, text=("candidate_id",))
+    curves = _whole(raw.read(repair=False), rounds)
+    per = curves[curves["replicate"] < replicates].groupby("candidate_id")["replicate"].nunique()
+    done = set(per[per == replicates].index)
+    complete = listed[listed["candidate_id"].isin(done)].reset_index(drop=True)
+    return GroundTruthTable(complete, curves, rounds, replicates, config, listed)
 
 
 def _units_in(curves: pd.DataFrame) -> set[tuple[str, int]]:

@@ -16,9 +16,12 @@ import pandas as pd
 
 from distdd_nas.artifacts import stage_in_place
 from distdd_nas.config import StudyConfig, fingerprint
-from distdd_nas.errors import ConfigError
 from distdd_nas.search.backends import create_backend
-from distdd_nas.search.fedavg_objective import CurveObjective, FedAvgObjective
+from distdd_nas.search.fedavg_objective import (
+    CurveObjective,
+    FedAvgObjective,
+    require_fedavg_search,
+)
 from distdd_nas.search.objective import ProxyObjective, ProxyScorer, split_server_holdout
 from distdd_nas.stages.common import (
     FEDAVG_SECTIONS,
@@ -62,18 +65,11 @@ def fedavg_objective(study: Study) -> FedAvgObjective:
     """The FedAvg-based search's objective: real FedAvg of each candidate on the clients.
 
     Raises:
-        ConfigError: A backend other than Optuna (NNI would lose pruned trials' bytes).
+        ConfigError: See :func:`~distdd_nas.search.fedavg_objective.require_fedavg_search`.
     """
-    if study.config.search.backend != "optuna":
-        raise ConfigError(
-            "search.objective=fedavg runs on the Optuna backend only (it prices every pruned "
-            'round); set search.backend="optuna"'
-        )
-    if study.config.federation.engine != "inprocess":
-        raise ConfigError(
-            "search.objective=fedavg trains in-process only so far (one engine per trial); "
-            'set federation.engine="inprocess"'
-        )
+    require_fedavg_search(
+        backend=study.config.search.backend, engine=study.config.federation.engine
+    )
     return FedAvgObjective(
         make_engine=study.make_engine,
         candidates=study.candidates,

@@ -16,7 +16,7 @@ import pandas as pd
 from distdd_nas.artifacts import is_complete, load_json, stage
 from distdd_nas.config import fingerprint
 from distdd_nas.errors import ArtifactError
-from distdd_nas.evidence.statistics import ranking_evidence
+from distdd_nas.evidence.statistics import tau_interval as bootstrap_tau
 from distdd_nas.fedavg import run_fedavg
 from distdd_nas.report.metrics import ranking_metrics
 from distdd_nas.search.ranking import rank_trials, select_for_validation
@@ -45,8 +45,8 @@ def tau_interval(table: pd.DataFrame, *, seed: int) -> dict[str, float]:
     few candidates it is wide; the report prints it beside τ and n)."""
     if len(table) < 2:
         return {"kendall_tau_low": float("nan"), "kendall_tau_high": float("nan")}
-    ev = ranking_evidence(table["proxy_score"], table["fedavg_accuracy"], seed=seed, boot=2000)
-    return {"kendall_tau_low": ev.tau.low, "kendall_tau_high": ev.tau.high}
+    tau = bootstrap_tau(table["proxy_score"], table["fedavg_accuracy"], seed=seed, boot=2000)
+    return {"kendall_tau_low": tau.low, "kendall_tau_high": tau.high}
 
 
 def run_validate_stage(

@@ -136,3 +136,19 @@ def test_tau_difference_is_paired_and_signed() -> None:
     assert same.point == 0 and same.low == 0 and same.high == 0
     again = tau_difference(good, bad, truth, seed=1, boot=400)
     assert (again.low, again.high) == (diff.low, diff.high)
+
+
+def test_tau_interval_equals_ranking_evidences_tau() -> None:
+    from distdd_nas.evidence.statistics import ranking_evidence, tau_interval
+
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=12)
+    proxy = truth + rng.normal(size=12)
+    full = ranking_evidence(proxy, truth, seed=5, boot=300).tau
+    alone = tau_interval(proxy, truth, seed=5, boot=300)
+    assert (alone.point, alone.low, alone.high, alone.valid) == (
+        full.point,
+        full.low,
+        full.high,
+        full.valid,
+    )
