@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -143,6 +142,21 @@ def _completed(storage: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
+KILL_AT_THIRD_TRIAL = """
+import os, signal, sys
+from optuna.trial import TrialState
+from distdd_nas.search.backends.optuna import OptunaBackend
+run_trial = OptunaBackend._run_trial
+def killing_run_trial(self, fn, trial):
+    if self._count((TrialState.COMPLETE,)) >= 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run_trial(self, fn, trial)
+OptunaBackend._run_trial = killing_run_trial
+from distdd_nas.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_search_resumes_without_losing_trials(tmp_path: Path) -> None:
     out, cache = tmp_path / "run", tmp_path / "cache"
     args = [
@@ -161,24 +175,21 @@ def test_killed_search_resumes_without_losing_trials(tmp_path: Path) -> None:
     # Distil first so the killed process spends its time in trials.
     assert main(["distill", str(SMOKE), "--out", str(out), "--cache", str(cache), *FAST]) == 0
     storage = f"sqlite:///{(out / 'search' / 'optuna.db').resolve()}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distdd_nas.cli", *args],
-        env=env,
+    # The process SIGKILLs itself as it starts the third trial: deterministic, unlike polling the
+    # storage from here (a fast machine finishes all six trials between two polls). The third
+    # trial is left RUNNING in the storage, as after a real kill -9.
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_THIRD_TRIAL, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        timeout=240,
     )
-    deadline = time.monotonic() + 240
-    try:
-        while len(_completed(storage)) < 2 and time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
     before = {t.number: (t.value, t.params) for t in _completed(storage)}
-    assert 2 <= len(before) < 6, "the search must be killed mid-way"
+    assert len(before) == 2, "the search must be killed mid-way"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    assert [t.state for t in study.trials][-1] == optuna.trial.TrialState.RUNNING
     assert main(args) == 0
     after = {t.number: (t.value, t.params) for t in _completed(storage)}
     assert len(after) == 6
