@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +118,21 @@ def test_other_settings_on_the_same_directory_are_refused(
     assert (tmp_path / "groundtruth" / "curves.csv").read_bytes() == before
 
 
+KILL_AT_SECOND_UNIT = """
+import os, signal, sys
+from distdd_nas.stages import groundtruth
+train_unit, calls = groundtruth.train_unit, []
+def killing_train_unit(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_unit(*args, **kwargs)
+groundtruth.train_unit = killing_train_unit
+from distdd_nas.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_groundtruth_resumes_to_the_same_table(tmp_path: Path) -> None:
     """SIGKILL after the first unit is on disk; the resumed table equals an uninterrupted one
     (wall seconds aside) and no unit is trained twice."""
@@ -132,24 +146,20 @@ def test_killed_groundtruth_resumes_to_the_same_table(tmp_path: Path) -> None:
     ]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distdd_nas.cli", "--threads", "1", *args, "--out", str(killed)],
+    # The process SIGKILLs itself as it starts its second unit, so exactly one unit is on disk
+    # (polling the file from here raced a fast machine).
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_SECOND_UNIT, "--threads", "1", *args, "--out", str(killed)],
         cwd=REPO,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        timeout=240,
     )
+    assert proc.returncode == -signal.SIGKILL
     curves = killed / "groundtruth" / "curves.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if curves.exists() and len(curves.read_text().splitlines()) > 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     partial = AppendTable(curves, CURVE_COLUMNS).read()
-    assert 0 < len(partial) < 3 * 2 * 3
+    assert len(partial) == 3  # one unit of three rounds
     assert main([*args, "--out", str(killed)]) == 0
     a = pd.read_csv(tmp_path / "whole" / "groundtruth" / "curves.csv").drop(columns="wall_s")
     b = pd.read_csv(curves).drop(columns="wall_s")
