@@ -133,6 +133,13 @@ class FederationSection(Section):
     engine: Literal["inprocess", "flower"] = "inprocess"
     fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     failure_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Simulated faults (distdd_nas.federation.faults): a seeded share of clients corrupts every
+    # gradient/update it sends; rounds need min_replies usable replies or are retried.
+    byzantine_fraction: float = Field(default=0.0, ge=0.0, lt=0.5)
+    byzantine_kind: Literal["non_finite", "scale", "sign_flip", "noise"] = "sign_flip"
+    byzantine_scale: float = Field(default=100.0, allow_inf_nan=False)
+    min_replies: int = Field(default=1, ge=1)
+    round_retries: int = Field(default=2, ge=0)
     flower_backend: Literal["simulation", "deployment"] = "simulation"
 
 

@@ -35,6 +35,8 @@ from distdd_nas.data import (
 from distdd_nas.errors import ConfigError
 from distdd_nas.fedavg import FedAvgSettings
 from distdd_nas.federation import ClientData, ClientTask, Engine, InProcessEngine, make_aggregator
+from distdd_nas.federation.faults import Faults
+from distdd_nas.federation.quorum import Quorum
 from distdd_nas.models import ArchSpec, build_model, count_parameters
 from distdd_nas.search.candidate import CandidateFactory
 from distdd_nas.search.objective import split_server_holdout
@@ -48,17 +50,36 @@ log = logging.getLogger(__name__)
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
-def default_tasks() -> dict[str, ClientTask]:
-    """Name → client function for every task of distdd-nas (what a ClientApp can run)."""
+def default_tasks(config: StudyConfig | None = None) -> dict[str, ClientTask]:
+    """Name → client function for every task of distdd-nas (what a ClientApp can run), with
+    the failing and Byzantine clients of ``config.federation`` injected (:func:`faults_of`).
+
+    The Flower apps call it with the run's study config, so both engines run the same faults.
+    """
     from distdd_nas.distill.client import class_gradients, class_stats
     from distdd_nas.fedavg.tasks import evaluate, local_train
 
-    return {
+    tasks: dict[str, ClientTask] = {
         "class_gradients": class_gradients,
         "class_stats": class_stats,
         "local_train": local_train,
         "evaluate": evaluate,
     }
+    if config is None:
+        return tasks
+    return faults_of(config).wrap(tasks, num_clients=config.partition.num_clients)
+
+
+def faults_of(config: StudyConfig) -> Faults:
+    """The client faults a study simulates (``[federation]``), seeded by the study seed."""
+    fed = config.federation
+    return Faults(
+        failure_rate=fed.failure_rate,
+        byzantine_fraction=fed.byzantine_fraction,
+        byzantine_kind=fed.byzantine_kind,
+        byzantine_scale=fed.byzantine_scale,
+        seed=config.study.seed,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,6 +253,12 @@ class Study:
         )
 
     @cached_property
+    def quorum(self) -> Quorum:
+        """How many replies a round needs before it is retried or skipped (``[federation]``)."""
+        fed = self.config.federation
+        return Quorum(min_replies=fed.min_replies, retries=fed.round_retries)
+
+    @cached_property
     def proxy_train(self) -> TrainSettings:
         """How the proxy trains a candidate on the distilled set (``[search]``)."""
         s = self.config.search
@@ -263,12 +290,7 @@ class Study:
 
     def make_engine(self) -> Engine:
         """A fresh in-process engine over the clients (its own ledger)."""
-        return InProcessEngine(
-            clients=self.federation.clients,
-            tasks=default_tasks(),
-            failure_rate=self.config.federation.failure_rate,
-            seed=self.config.study.seed,
-        )
+        return InProcessEngine(clients=self.federation.clients, tasks=default_tasks(self.config))
 
 
 __all__ = [
@@ -277,6 +299,7 @@ __all__ = [
     "Study",
     "build_federation",
     "default_tasks",
+    "faults_of",
     "flower_client",
     "load_space",
 ]

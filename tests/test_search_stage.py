@@ -233,3 +233,62 @@ def test_run_smoke_through_nni(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert (out / "search" / "nni").is_dir()
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["n_trials"] == 3 and summary["n_validated"] == 2
+
+
+#: ``run``, recording every candidate validation trains (in TRAINED) and SIGKILLing itself as
+#: it starts the second one.
+KILL_AT_SECOND_VALIDATION = """
+import os, signal, sys
+from distdd_nas.stages import validate
+run_fedavg, trained = validate.run_fedavg, []
+def recording_run_fedavg(engine, *, arch, **kwargs):
+    trained.append(arch.short_name())
+    if len(trained) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(os.environ["TRAINED"], "a") as fh:
+        fh.write(arch.short_name() + "\\n")
+    return run_fedavg(engine, arch=arch, **kwargs)
+validate.run_fedavg = recording_run_fedavg
+from distdd_nas.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_run_killed_during_validation_trains_no_candidate_twice(tmp_path: Path) -> None:
+    out, cache, log = tmp_path / "run", tmp_path / "cache", tmp_path / "trained.txt"
+    args = [
+        "run",
+        str(SMOKE),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        *FAST,
+        "--set",
+        "search.n_trials=4",
+        "--set",
+        "validate.top_k=2",
+        "--set",
+        "validate.n_random=1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINED": str(log)}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_SECOND_VALIDATION, *args],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    first = log.read_text().split()
+    assert len(first) == 1  # one candidate finished before the kill (its start was logged)
+    # the rerun, recorded the same way but never killed
+    rerun = KILL_AT_SECOND_VALIDATION.replace("len(trained) == 2", "False")
+    proc = subprocess.run(
+        [sys.executable, "-c", rerun, *args], env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    second = log.read_text().split()[1:]
+    assert len(second) == 2 and first[0] not in second, "the finished candidate is not retrained"
+    validation = pd.read_csv(out / "validate" / "validation.csv")
+    assert len(validation) == 3 and validation["candidate_id"].is_unique
+    assert not (out / ".validate-progress").exists()

@@ -162,3 +162,20 @@ def test_lock_waits_for_the_holder(tmp_path: Path) -> None:
     with locked(lock, on_wait=on_wait):
         assert waited == [True]
     thread.join(10)
+
+
+def test_the_thread_count_is_part_of_the_distilled_key() -> None:
+    """Float rounding differs with torch's thread count, so a set made with 2 threads is not a
+    cache hit for a run with 1 (same seed, same bytes holds per key)."""
+    from distdd_nas.stages.common import distilled_fingerprint
+    from tests.conftest import smoke
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = distilled_fingerprint(smoke())
+        torch.set_num_threads(2)
+        two = distilled_fingerprint(smoke())
+    finally:
+        torch.set_num_threads(before)
+    assert one != two

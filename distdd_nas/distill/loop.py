@@ -31,6 +31,7 @@ from torch import nn
 
 from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset
+from distdd_nas.distill.checkpoint import Checkpointer, DistillState
 from distdd_nas.distill.client import class_gradients, class_stats
 from distdd_nas.distill.evaluate import evaluate_synthetic
 from distdd_nas.distill.matching import get_distance
@@ -51,6 +52,7 @@ from distdd_nas.distill.server import (
 from distdd_nas.errors import EngineError
 from distdd_nas.federation import ClientData, Engine, InProcessEngine, Message, select_clients
 from distdd_nas.federation.message import Scalar
+from distdd_nas.federation.quorum import DEFAULT_QUORUM, Quorum, deliver
 from distdd_nas.models import ArchSpec, build_model, get_parameters
 from distdd_nas.seeding import derive_seed, torch_generator
 
@@ -74,6 +76,8 @@ class _Timer:
     update_s: float = 0.0
     losses: list[float] = field(default_factory=list)
     rejected: int = 0
+    retried: int = 0
+    skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class _Run:
     seed: int
     fraction: float
     grad_fn: GradFn | None
+    quorum: Quorum
 
 
 def resolve_loops(settings: DistillSection) -> tuple[int, int]:
@@ -131,6 +136,8 @@ def run_distill(
     compile: bool = False,
     test: ImageDataset | None = None,
     on_iteration: Callable[[dict[str, float]], None] | None = None,
+    quorum: Quorum = DEFAULT_QUORUM,
+    checkpoint: Checkpointer | None = None,
 ) -> DistillResult:
     """Distil a synthetic set of ``settings.ipc`` images per class from the engine's clients.
 
@@ -145,6 +152,11 @@ def run_distill(
             faster inner steps after a one-off compilation; equal to eager up to rounding.
         test: Server test set for checkpoints every ``settings.eval_every`` iterations.
         on_iteration: Called with each history row (progress bars).
+        quorum: Replies a matching step needs before it is sent again or skipped (a skipped
+            step leaves the images unchanged; history columns ``retried``, ``skipped``).
+        checkpoint: Where the state goes after every outer iteration, and where a run resumes
+            from (the census is not re-sent; the result is byte-identical to an uninterrupted
+            run). The caller clears it once the result is stored.
 
     Returns:
         The synthetic set, one history row per iteration (see :func:`_history_row`; plus
@@ -158,11 +170,23 @@ def run_distill(
     start = time.perf_counter()
     check_settings(settings)
     outer, inner = resolve_loops(settings)
-    info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
-    check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
-    images = _initial_images(settings, info, num_classes=num_classes, shape=input_shape, seed=seed)
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
+        check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
+        images = _initial_images(
+            settings, info, num_classes=num_classes, shape=input_shape, seed=seed
+        )
+    else:
+        log.info("resuming the distillation after iteration %d", saved.iterations_done)
+        info = ClassCensus(saved.counts, saved.moments)
+        images = saved.images.clone().requires_grad_(True)
+        engine.ledger.extend(saved.ledger)
+        start -= saved.elapsed_s
     labels = torch.arange(num_classes).repeat_interleave(settings.ipc)
     opt_img = torch.optim.SGD([images], lr=settings.lr_img, momentum=settings.momentum_img)
+    if saved is not None:
+        opt_img.load_state_dict(saved.optimizer)
     run = _start(
         engine,
         arch,
@@ -173,10 +197,11 @@ def run_distill(
         seed=seed,
         fraction=fraction,
         compile=compile,
+        quorum=quorum,
     )
-    rows: list[dict[str, float]] = []
+    rows: list[dict[str, float]] = list(saved.rows) if saved is not None else []
     eval_s = 0.0
-    for it in range(settings.iterations):
+    for it in range(saved.iterations_done if saved is not None else 0, settings.iterations):
         net = build_model(
             arch,
             input_shape=input_shape,
@@ -193,6 +218,19 @@ def run_distill(
             )
             eval_s += time.perf_counter() - t0
         rows.append(row)
+        if checkpoint is not None:
+            checkpoint.save(
+                DistillState(
+                    iterations_done=it + 1,
+                    images=images.detach(),
+                    optimizer=opt_img.state_dict(),
+                    rows=rows,
+                    ledger=engine.ledger,
+                    counts=info.counts,
+                    moments=info.moments,
+                    elapsed_s=time.perf_counter() - start - eval_s,
+                )
+            )
         log.info("distill iteration %d: %s", it + 1, row)
         if on_iteration is not None:
             on_iteration(row)
@@ -212,6 +250,7 @@ def _start(
     seed: int,
     fraction: float,
     compile: bool,
+    quorum: Quorum,
 ) -> _Run:
     """What every matching step of a run shares (the probe network only gives shapes)."""
     probe = build_model(arch, input_shape=input_shape, num_classes=num_classes, seed=0)
@@ -226,6 +265,7 @@ def _start(
         seed,
         fraction,
         make_grad_fn(probe, compiled=compile),
+        quorum,
     )
 
 
@@ -335,14 +375,17 @@ def _matching_step(
         "seed": derive_seed(run.seed, "distill", "step", step),
         "grad_dtype": settings.grad_dtype,
     }
+    asked = {cid: take[i] for i, cid in enumerate(selected) if take[i].any()}
     messages = {
-        cid: Message(arrays={**params, "take": take[i]}, config=config)
-        for i, cid in enumerate(selected)
-        if take[i].any()
+        cid: Message(arrays={**params, "take": counts}, config=config)
+        for cid, counts in asked.items()
     }
-    replies = run.engine.run_round("class_gradients", messages, round=step)
+    delivery = deliver(run.engine, "class_gradients", messages, round=step, quorum=run.quorum)
+    timer.retried += delivery.attempts - 1
+    timer.skipped += delivery.skipped
+    replies = {} if delivery.skipped else delivery.replies
     targets, rejected = aggregate_class_gradients(
-        replies, dim=run.dim, aggregator=settings.aggregator
+        replies, dim=run.dim, aggregator=settings.aggregator, asked=asked
     )
     timer.rejected += len(rejected)
     t1 = time.perf_counter()
@@ -363,13 +406,16 @@ def _history_row(
     it: int, outer: int, timer: _Timer, engine: Engine, *, wall_s: float
 ) -> dict[str, float]:
     """One history row: ``iteration``, ``steps``, ``match_loss`` (mean per class and step),
-    ``rejected`` replies, cumulative ``bytes_up``/``bytes_down`` and ``wall_s``, and seconds in
-    ``client_s`` / ``match_s`` / ``update_s``."""
+    ``rejected`` replies, ``retried`` / ``skipped`` steps (short of the quorum), cumulative
+    ``bytes_up``/``bytes_down`` and ``wall_s``, and seconds in ``client_s`` / ``match_s`` /
+    ``update_s``."""
     return {
         "iteration": float(it),
         "steps": float((it + 1) * outer),
         "match_loss": float(np.mean(timer.losses)) if timer.losses else float("nan"),
         "rejected": float(timer.rejected),
+        "retried": float(timer.retried),
+        "skipped": float(timer.skipped),
         "bytes_up": float(engine.ledger.bytes_up),
         "bytes_down": float(engine.ledger.bytes_down),
         "wall_s": wall_s,

@@ -19,7 +19,12 @@ from torch import nn
 from distdd_nas.config import DistillSection
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.errors import ConfigError
-from distdd_nas.federation.aggregators import AggregatorSpec, drop_non_finite, make_aggregator
+from distdd_nas.federation.aggregators import (
+    CLASS_GRADIENT_GUARD,
+    AggregatorSpec,
+    drop_non_finite,
+    make_aggregator,
+)
 from distdd_nas.federation.message import Message
 
 log = logging.getLogger(__name__)
@@ -122,21 +127,35 @@ BATCH_MODES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
 
 
 def aggregate_class_gradients(
-    replies: Mapping[int, Message], *, dim: int, aggregator: AggregatorSpec = "mean"
+    replies: Mapping[int, Message],
+    *,
+    dim: int,
+    aggregator: AggregatorSpec = "mean",
+    asked: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[dict[int, torch.Tensor], list[int]]:
     """Per-class aggregate G_c over the clients that sent class c, weighted by images used.
 
-    Replies holding NaN/Inf, or whose ``grads`` do not have one row of ``dim`` values per
-    positive count, are dropped whole (their ids are the second value). Classes no client sent
-    are absent from the result (skipped this step).
+    Replies holding NaN/Inf, whose ``grads`` do not have one row of ``dim`` values per
+    positive count, or (given ``asked``, the per-class counts the server requested) that send a
+    class they were not asked for, are dropped whole (their ids are the second value). A
+    client's weight is the count it reports, capped at the count it was asked for: a client
+    claiming more images than it was sent for cannot outweigh the others. Classes no client
+    sent are absent from the result (skipped this step).
     """
     finite, rejected = drop_non_finite(
         {c: r.arrays for c, r in replies.items()}, what="class gradients"
     )
-    combine = make_aggregator(aggregator)
+    combine = make_aggregator(aggregator, guard=CLASS_GRADIENT_GUARD)
     per_class: dict[int, tuple[list[dict[str, np.ndarray]], list[float]]] = {}
     for cid, arrays in finite.items():
         counts = np.asarray(arrays["counts"])
+        if asked is not None:
+            wanted = np.asarray(asked[cid])
+            if counts.shape != wanted.shape or ((counts > 0) & (wanted == 0)).any():
+                log.warning("rejected class gradients of client %d: classes not asked for", cid)
+                rejected.append(cid)
+                continue
+            counts = np.minimum(counts, wanted)
         sent = np.flatnonzero(counts > 0)
         grads = np.asarray(arrays["grads"], dtype=np.float32)  # float16 uploads upcast here
         if grads.shape != (len(sent), dim):

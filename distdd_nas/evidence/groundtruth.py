@@ -24,6 +24,7 @@ from distdd_nas.data import ImageDataset
 from distdd_nas.errors import ConfigError
 from distdd_nas.fedavg import FedAvgSettings, run_fedavg
 from distdd_nas.federation import Engine
+from distdd_nas.federation.quorum import DEFAULT_QUORUM, Quorum
 from distdd_nas.search.candidate import PARAM_PREFIX, Candidate, CandidateFactory
 from distdd_nas.search.space import SearchSpace
 from distdd_nas.seeding import numpy_rng
@@ -129,12 +130,23 @@ def candidate_table(
 
 
 def train_unit(
-    engine: Engine, unit: Unit, *, test: ImageDataset, base: FedAvgSettings, rounds: int
+    engine: Engine,
+    unit: Unit,
+    *,
+    test: ImageDataset,
+    base: FedAvgSettings,
+    rounds: int,
+    quorum: Quorum = DEFAULT_QUORUM,
 ) -> pd.DataFrame:
     """Real FedAvg of one unit on ``engine`` (fresh ledger), evaluated after every round."""
     settings = replace(unit.candidate.fedavg_settings(base), rounds=rounds, eval_every=1)
     result = run_fedavg(
-        engine, arch=unit.candidate.arch, test=test, settings=settings, seed=unit.seed
+        engine,
+        arch=unit.candidate.arch,
+        test=test,
+        settings=settings,
+        seed=unit.seed,
+        quorum=quorum,
     )
     h = result.history
     frame = pd.DataFrame(

@@ -29,6 +29,7 @@ from distdd_nas.federation import (
     make_aggregator,
     select_clients,
 )
+from distdd_nas.federation.quorum import DEFAULT_QUORUM, Quorum, deliver
 from distdd_nas.models import ArchSpec, build_model, get_parameters, set_parameters
 from distdd_nas.seeding import derive_seed
 from distdd_nas.training import TrainSettings, evaluate_model
@@ -90,10 +91,13 @@ def fedavg_round(
     settings: FedAvgSettings,
     seed: int,
     aggregate: Combine,
+    quorum: Quorum = DEFAULT_QUORUM,
 ) -> tuple[Params, dict[str, float]]:
     """One round: configure (select clients, one ``local_train`` message each), fit (the engine
-    delivers), aggregate (drop non-finite replies, combine weighted by example counts, move
-    the global model by ``server_lr``). Returns the new parameters and the round's counts."""
+    delivers, retrying a round short of ``quorum``), aggregate (drop non-finite replies,
+    combine weighted by example counts, move the global model by ``server_lr``). A round still
+    short of the quorum leaves the model unchanged. Returns the new parameters and the round's
+    counts."""
     selected = select_clients(
         num_clients=engine.num_clients, fraction=settings.fraction, seed=seed, round=rnd
     )
@@ -103,9 +107,14 @@ def fedavg_round(
         seed=derive_seed(seed, "fedavg", "round", rnd),
         prox_mu=settings.prox_mu,
     )
-    replies = engine.run_round(
-        "local_train", {cid: Message(arrays=params, config=config) for cid in selected}, round=rnd
+    delivery = deliver(
+        engine,
+        "local_train",
+        {cid: Message(arrays=params, config=config) for cid in selected},
+        round=rnd,
+        quorum=quorum,
     )
+    replies = {} if delivery.skipped else delivery.replies
     finite, rejected = drop_non_finite(
         {cid: r.arrays for cid, r in replies.items()}, what="model update"
     )
@@ -119,7 +128,9 @@ def fedavg_round(
     train_losses = [float(replies[c].config["train_loss"]) for c in finite]
     return params, {
         "clients": float(len(selected)),
-        "replies": float(len(replies)),
+        "replies": float(len(delivery.replies)),
+        "attempts": float(delivery.attempts),
+        "skipped": float(delivery.skipped),
         "rejected": float(len(rejected)),
         "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
     }
@@ -134,11 +145,13 @@ def run_fedavg(
     seed: int,
     initial: Params | None = None,
     on_round: Callable[[dict[str, float]], None] | None = None,
+    quorum: Quorum = DEFAULT_QUORUM,
 ) -> FedAvgResult:
     """Train ``arch`` with FedAvg over ``engine``; evaluate on the server's ``test`` set.
 
     The initial model is seeded from ``seed`` unless ``initial`` is given. ``on_round`` receives
-    each history row (used for progress bars and pruning).
+    each history row (used for progress bars and pruning). ``quorum`` says how many replies a
+    round needs before it is retried or skipped (history columns ``attempts``, ``skipped``).
     """
     start = time.perf_counter()
     model = build_model(
@@ -153,7 +166,14 @@ def run_fedavg(
     loss, acc = float("nan"), float("nan")
     for rnd in range(1, settings.rounds + 1):
         params, outcome = fedavg_round(
-            engine, params, rnd=rnd, arch=arch, settings=settings, seed=seed, aggregate=aggregate
+            engine,
+            params,
+            rnd=rnd,
+            arch=arch,
+            settings=settings,
+            seed=seed,
+            aggregate=aggregate,
+            quorum=quorum,
         )
         if rnd % settings.eval_every == 0 or rnd == settings.rounds:
             set_parameters(model, params)

@@ -49,6 +49,11 @@ class ClientData:
 ClientTask = Callable[[ClientData, Message], Message]
 
 
+class ClientDropped(RuntimeError):
+    """Raised by a client task that sends no reply to this delivery (an injected failure):
+    engines skip the client for the round instead of failing it."""
+
+
 @runtime_checkable
 class Engine(Protocol):
     """Runs a named client task on a set of clients, one message each, and meters the traffic.
@@ -94,9 +99,10 @@ def round_half_up(x: float) -> int:
 class InProcessEngine:
     """Clients are index views on one shared dataset, run sequentially in this process.
 
-    Deterministic: the order of execution is ascending client id. ``failure_rate`` drops each
-    (round, client) delivery with that probability from a seeded stream, to test how the server
-    algorithms cope with stragglers.
+    Deterministic: the order of execution is ascending client id. A task that raises
+    :class:`ClientDropped` (an injected failure, see
+    :class:`~distdd_nas.federation.faults.Faults`) sends no reply, as a Flower client whose
+    ClientApp raised; any other exception is a bug and propagates.
     """
 
     def __init__(
@@ -104,18 +110,12 @@ class InProcessEngine:
         *,
         clients: Sequence[ClientData],
         tasks: Mapping[str, ClientTask],
-        failure_rate: float = 0.0,
-        seed: int = 0,
         ledger: Ledger | None = None,
     ) -> None:
         if not clients:
             raise EngineError("an engine needs at least one client; check partition.num_clients")
-        if not 0.0 <= failure_rate < 1.0:
-            raise ConfigError(f"failure_rate {failure_rate} is out of range; use 0 <= rate < 1")
         self._clients = list(clients)
         self._tasks = dict(tasks)
-        self._failure_rate = failure_rate
-        self._seed = seed
         self._ledger = ledger if ledger is not None else Ledger()
 
     @property
@@ -129,13 +129,6 @@ class InProcessEngine:
     @property
     def clients(self) -> Sequence[ClientData]:
         return self._clients
-
-    def _fails(self, round: int, cid: int, task: str) -> bool:
-        if self._failure_rate == 0.0:
-            return False
-        return bool(
-            numpy_rng(self._seed, "failure", task, round, cid).random() < self._failure_rate
-        )
 
     def run_round(
         self, task: str, messages: Mapping[int, Message], *, round: int
@@ -155,10 +148,11 @@ class InProcessEngine:
             self._ledger.record(
                 round=round, client=cid, direction="down", kind=task, nbytes=msg.nbytes
             )
-            if self._fails(round, cid, task):
+            try:
+                reply = fn(self._clients[cid], msg)
+            except ClientDropped:
                 log.info("client %d dropped out of round %d (%s)", cid, round, task)
                 continue
-            reply = fn(self._clients[cid], msg)
             self._ledger.record(
                 round=round, client=cid, direction="up", kind=task, nbytes=reply.nbytes
             )

@@ -26,6 +26,7 @@ from distdd_nas.data import ImageDataset
 from distdd_nas.errors import ConfigError
 from distdd_nas.fedavg import FedAvgSettings, run_fedavg
 from distdd_nas.federation import Engine
+from distdd_nas.federation.quorum import DEFAULT_QUORUM, Quorum
 from distdd_nas.search.backends.base import Pruned, Reporter
 from distdd_nas.search.candidate import Candidate, CandidateFactory
 
@@ -83,6 +84,7 @@ class FedAvgObjective:
         base: FedAvg settings; candidates' ``fedavg.*`` parameters override them.
         seed: FedAvg seed (model init, client sampling, local shuffling); the study seed, so a
             trial equals replicate 0 of the ground truth.
+        quorum: Replies a round needs before it is retried or skipped.
     """
 
     make_engine: Callable[[], Engine]
@@ -90,6 +92,7 @@ class FedAvgObjective:
     test: ImageDataset
     base: FedAvgSettings
     seed: int
+    quorum: Quorum = DEFAULT_QUORUM
 
     def __call__(
         self, params: Mapping[str, Any], report: Reporter
@@ -113,6 +116,7 @@ class FedAvgObjective:
                 settings=settings,
                 seed=self.seed,
                 on_round=on_round,
+                quorum=self.quorum,
             )
         except optuna.TrialPruned as stop:
             ledger = engine.ledger

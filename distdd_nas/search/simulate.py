@@ -153,7 +153,7 @@ def simulated_fedavg(
     """
     clients = virtual_clients(synthetic, counts, seed=seed, total=total)
     engine = InProcessEngine(
-        clients=clients, tasks={"local_train": local_train, "evaluate": evaluate}, seed=seed
+        clients=clients, tasks={"local_train": local_train, "evaluate": evaluate}
     )
     return run_fedavg(
         engine, arch=arch, test=test, settings=settings, seed=seed, on_round=on_round

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from distdd_nas.artifacts import write_atomic
 from distdd_nas.config import StudyConfig, fingerprint
 
@@ -25,12 +27,14 @@ VALIDATE_SECTIONS = (*PARTITION_SECTIONS, "model", "federation", "search", "feda
 def distilled_fingerprint(config: StudyConfig, *, extra: object = None) -> str:
     """What a distilled set depends on: the federation, the model and the ``distill`` settings
     except its evaluation protocol (``distill.eval`` shapes the distill stage's report, not the
-    set), so changing how the set is evaluated neither re-distils nor renames a search."""
+    set), so changing how the set is evaluated neither re-distils nor renames a search; and
+    torch's intra-op thread count (``--threads``), which changes float rounding and so the
+    bytes of the set."""
     distill = config.distill.model_dump(mode="json", exclude={"eval"})
     return fingerprint(
         config,
         (*PARTITION_SECTIONS, "model", "federation"),
-        extra={"distill": distill, "extra": extra},
+        extra={"distill": distill, "extra": extra, "threads": torch.get_num_threads()},
     )
 
 

@@ -74,7 +74,9 @@ def distill_cached(
     """(the study's cached distillation directory, whether it was already there).
 
     On a miss, distils under the entry's lock; a process that finds the lock taken waits and
-    then reuses the other's result (reported as a hit).
+    then reuses the other's result (reported as a hit). The distillation keeps its state in
+    ``<fingerprint>.resume.pt`` after every outer iteration, so a run killed mid-way (even by
+    SIGKILL) continues from its last finished iteration, to the same bytes.
 
     Raises:
         DivergedError: The synthetic set came out non-finite (nothing is cached).
@@ -97,9 +99,17 @@ def distill_cached(
             if progress is not None:
                 progress(int(row["iteration"]) + 1, total, row)
 
-        result, ledger = on_configured_engine(study, "distill", on_row=on_iteration)
-        check_finite(study, result)
+        resume = path.with_name(path.name + ".resume.pt")
+        result, ledger = on_configured_engine(
+            study, "distill", on_row=on_iteration, checkpoint=resume
+        )
+        try:
+            check_finite(study, result)
+        except DivergedError:
+            resume.unlink(missing_ok=True)  # resuming would only diverge again
+            raise
         _write_distilled(study, path, fp, result, ledger)
+        resume.unlink(missing_ok=True)
     return path, False
 
 

@@ -77,7 +77,23 @@ def table_identity(study: Study, plan: GroundTruthPlan) -> dict[str, Any]:
         "fraction": fed.fraction,
         "failure_rate": fed.failure_rate,
         "trains": trains,
+        **_faults(study),
     }
+
+
+def _faults(study: Study) -> dict[str, Any]:
+    """The Byzantine and quorum settings, only where they differ from the defaults (so tables
+    measured before these settings existed keep their identity)."""
+    fed = study.config.federation
+    defaults = type(fed)()
+    keys = (
+        "byzantine_fraction",
+        "byzantine_kind",
+        "byzantine_scale",
+        "min_replies",
+        "round_retries",
+    )
+    return {k: getattr(fed, k) for k in keys if getattr(fed, k) != getattr(defaults, k)}
 
 
 def table_fingerprint(identity: dict[str, Any]) -> str:
@@ -139,7 +155,12 @@ def run_groundtruth_stage(
         engine = study.make_engine()
         try:
             rows = train_unit(
-                engine, unit, test=fed.test, base=study.fedavg_settings, rounds=plan.rounds
+                engine,
+                unit,
+                test=fed.test,
+                base=study.fedavg_settings,
+                rounds=plan.rounds,
+                quorum=study.quorum,
             )
         finally:
             engine.close()

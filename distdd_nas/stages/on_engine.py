@@ -9,6 +9,7 @@ JSON that the runtime hands back. Both paths give the same result objects and a 
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 
+from distdd_nas.artifacts import write_atomic
 from distdd_nas.distill import DistilledSet, DistillResult, run_distill
+from distdd_nas.distill.checkpoint import Checkpointer, DistillState
 from distdd_nas.fedavg import FedAvgResult, run_fedavg
 from distdd_nas.federation import Engine, Ledger
 from distdd_nas.study import Study
@@ -32,9 +36,40 @@ SERVER_FNS = {
 }
 
 
-def distill_on(study: Study, engine: Engine, *, on_row: OnRow | None = None) -> DistillResult:
+#: Run-config key naming the checkpoint file of a distillation run inside Flower.
+RC_CHECKPOINT = "distill-checkpoint"
+
+
+class FileCheckpointer:
+    """A :class:`~distdd_nas.distill.Checkpointer` in one file, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> DistillState | None:
+        if not self.path.exists():
+            return None
+        data = torch.load(self.path, weights_only=True)
+        return DistillState.from_payload(data)
+
+    def save(self, state: DistillState) -> None:
+        buffer = io.BytesIO()
+        torch.save(state.to_payload(), buffer)
+        write_atomic(self.path, buffer.getvalue())
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def distill_on(
+    study: Study,
+    engine: Engine,
+    *,
+    on_row: OnRow | None = None,
+    checkpoint: Checkpointer | None = None,
+) -> DistillResult:
     """The study's DistDD run on any engine (image shape and class count are metadata the
-    server knows, not data)."""
+    server knows, not data), resuming from ``checkpoint`` where it holds a state."""
     like = study.federation.train
     return run_distill(
         engine,
@@ -46,6 +81,8 @@ def distill_on(study: Study, engine: Engine, *, on_row: OnRow | None = None) -> 
         seed=study.config.study.seed,
         test=study.federation.test if study.config.distill.eval_every else None,
         on_iteration=on_row,
+        quorum=study.quorum,
+        checkpoint=checkpoint,
     )
 
 
@@ -58,13 +95,16 @@ def fedavg_on(study: Study, engine: Engine, *, on_row: OnRow | None = None) -> F
         settings=study.fedavg_settings,
         seed=study.config.study.seed,
         on_round=on_row,
+        quorum=study.quorum,
     )
 
 
 def flower_distill(run: ServerRun) -> dict[str, Any]:
     """ServerApp entry point: DistDD inside Flower; arrays come back through result.npz."""
     assert run.study is not None, "flower_distill needs the study config in the run config"
-    result = distill_on(Study(run.study), run.engine)
+    path = str(run.run_config.get(RC_CHECKPOINT, "") or "")
+    checkpoint = FileCheckpointer(Path(path)) if path else None
+    result = distill_on(Study(run.study), run.engine, checkpoint=checkpoint)
     return {
         **result.synthetic.to_arrays(),
         "client_class_counts": result.client_class_counts,
@@ -88,20 +128,33 @@ def flower_fedavg(run: ServerRun) -> dict[str, Any]:
 
 
 def on_configured_engine(
-    study: Study, algorithm: Literal["distill", "fedavg"], *, on_row: OnRow | None = None
+    study: Study,
+    algorithm: Literal["distill", "fedavg"],
+    *,
+    on_row: OnRow | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[Any, Ledger]:
-    """Run ``distill`` or ``fedavg`` on the configured engine; return (result, ledger)."""
+    """Run ``distill`` or ``fedavg`` on the configured engine; return (result, ledger).
+
+    ``checkpoint``: a file where a distillation keeps its state after every iteration and
+    resumes from (in this process, or in the Flower ServerApp through the run config).
+    """
     if study.config.federation.engine == "inprocess":
         engine = study.make_engine()
         try:
-            run = distill_on if algorithm == "distill" else fedavg_on
-            return run(study, engine, on_row=on_row), engine.ledger
+            if algorithm == "distill":
+                saver = FileCheckpointer(checkpoint) if checkpoint is not None else None
+                return distill_on(study, engine, on_row=on_row, checkpoint=saver), engine.ledger
+            return fedavg_on(study, engine, on_row=on_row), engine.ledger
         finally:
             engine.close()
     from distdd_nas.federation.flower.runtime import run_on_flower
 
+    extra = {RC_CHECKPOINT: str(checkpoint)} if checkpoint is not None else {}
     with tempfile.TemporaryDirectory(prefix=f"distdd-flower-{algorithm}-") as tmp:
-        out = run_on_flower(study.config, server_fn=SERVER_FNS[algorithm], out_dir=Path(tmp))
+        out = run_on_flower(
+            study.config, server_fn=SERVER_FNS[algorithm], out_dir=Path(tmp), extra=extra
+        )
     if algorithm == "distill":
         synthetic = DistilledSet.from_arrays(out.arrays)
         return DistillResult(

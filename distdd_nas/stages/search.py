@@ -76,6 +76,7 @@ def fedavg_objective(study: Study) -> FedAvgObjective:
         test=study.validation_test,
         base=study.fedavg_settings,
         seed=study.config.study.seed,
+        quorum=study.quorum,
     )
 
 

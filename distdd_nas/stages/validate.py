@@ -2,18 +2,23 @@
 
 Each selected candidate is rebuilt through the study's candidate factory (the network FedAvg
 trains is exactly the one the proxy scored) and trained on a fresh in-process engine, so its
-bytes are its own. A finished validation of the same trials and settings is reused.
+bytes are its own. A finished validation of the same trials and settings is reused, and so is
+each finished candidate of an interrupted one: its row and ledger go to
+``DIR/.validate-progress/<fingerprint>/`` as soon as it is trained (atomic files; the row is
+written last, so a row means the candidate is done), and a rerun trains only the others.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from distdd_nas.artifacts import is_complete, load_json, stage
+from distdd_nas.artifacts import is_complete, load_json, stage, write_atomic
 from distdd_nas.config import fingerprint
 from distdd_nas.errors import ArtifactError
 from distdd_nas.evidence.statistics import tau_interval as bootstrap_tau
@@ -73,9 +78,21 @@ def run_validate_stage(
     base = study.fedavg_settings
     if v.rounds is not None:
         base = replace(base, rounds=v.rounds)
+    progress_dir = out / ".validate-progress" / fp
+    progress_dir.mkdir(parents=True, exist_ok=True)
     rows, ledgers = [], []
     for i, row in selection.iterrows():
         candidate = study.candidates.from_row(row.to_dict())
+        done = progress_dir / f"{candidate.candidate_id}.json"
+        if done.exists():  # trained before this process was interrupted
+            rows.append(load_json(done))
+            ledgers.append(
+                pd.read_csv(
+                    progress_dir / f"{candidate.candidate_id}.ledger.csv",
+                    dtype={"candidate_id": str, "kind": str, "direction": str},
+                )
+            )
+            continue
         engine = study.make_engine()
         result = run_fedavg(
             engine,
@@ -83,6 +100,7 @@ def run_validate_stage(
             test=study.validation_test,
             settings=candidate.fedavg_settings(base),
             seed=config.study.seed,
+            quorum=study.quorum,
         )
         rows.append(
             {
@@ -100,6 +118,11 @@ def run_validate_stage(
             }
         )
         ledgers.append(engine.ledger.to_frame().assign(candidate_id=candidate.candidate_id))
+        write_atomic(
+            progress_dir / f"{candidate.candidate_id}.ledger.csv",
+            ledgers[-1].to_csv(index=False, lineterminator="\n"),
+        )
+        write_atomic(done, json.dumps(rows[-1], default=lambda x: x.item()))  # numpy scalars
         if progress is not None:
             progress(int(i) + 1, len(selection), {"test_accuracy": result.test_accuracy})
     table = pd.DataFrame(rows)
@@ -119,4 +142,5 @@ def run_validate_stage(
         w.csv("ranking.csv", ranking)
         w.csv("ledger.csv", pd.concat(ledgers, ignore_index=True))
         w.json("summary.json", summary)
+    shutil.rmtree(out / ".validate-progress", ignore_errors=True)
     return StageOutcome(out / "validate", summary)

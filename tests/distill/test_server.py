@@ -72,6 +72,19 @@ def test_aggregation_is_an_example_weighted_mean_per_class() -> None:
     np.testing.assert_allclose(targets[2].numpy(), g[1])
 
 
+def test_claimed_counts_are_capped_at_what_the_server_asked() -> None:
+    g = np.arange(12, dtype=np.float32).reshape(4, 3)
+    asked = {0: np.array([2, 0, 1]), 1: np.array([6, 3, 0]), 2: np.array([0, 1, 0])}
+    replies = {
+        0: _reply([2, 0, 1], g[:2]),
+        1: _reply([6 * 10**9, 3, 0], g[2:]),  # claims a billion images of class 0
+        2: _reply([1, 1, 0], g[:2]),  # sends class 0, which it was not asked for
+    }
+    targets, rejected = aggregate_class_gradients(replies, dim=3, asked=asked)
+    assert rejected == [2]
+    np.testing.assert_allclose(targets[0].numpy(), (2 * g[0] + 6 * g[2]) / 8, rtol=1e-6)
+
+
 def test_aggregation_drops_non_finite_and_malformed_replies() -> None:
     g = np.ones((1, 3), dtype=np.float32)
     bad = g.copy()

@@ -22,7 +22,7 @@ on the simulation runtime, whose Python API has no run config). Values are Flowe
 ``out-dir``          where the server writes its outputs
 ``num-clients``      number of partitions (one Flower node each)
 ``study-config``     JSON of ``StudyConfig.to_dict()`` ("" when the tasks need no study)
-``tasks``            ``"module:function"`` returning ``dict[str, ClientTask]``
+``tasks``            ``"module:function"`` called as ``fn(study)`` → ``dict[str, ClientTask]``
 ``client-data``      ``"module:function"`` called as ``fn(study, partition_id, num_partitions)``
 ``round-timeout``    seconds per round, 0 = wait for every reply
 ``connect-timeout``  seconds to wait for the nodes at start
@@ -137,7 +137,7 @@ def resolve(spec: str) -> Any:
 
 
 _STUDIES: dict[str, StudyConfig] = {}
-_REGISTRIES: dict[str, dict[str, ClientTask]] = {}
+_REGISTRIES: dict[tuple[str, str], dict[str, ClientTask]] = {}
 _CLIENTS: dict[tuple[str, str, int, int], ClientData] = {}
 
 
@@ -155,15 +155,18 @@ def load_study(run_config: RunConfig) -> StudyConfig | None:
     return _STUDIES[text]
 
 
-def task_registry(spec: str) -> dict[str, ClientTask]:
-    """The task registry named by ``spec`` (built once per process)."""
-    if spec not in _REGISTRIES:
+def task_registry(spec: str, run_config: RunConfig) -> dict[str, ClientTask]:
+    """The task registry named by ``spec``, built once per process and study: the factory is
+    called with the run's study config (None when the run carries none), so a study can shape
+    its tasks (e.g. inject the faults it simulates)."""
+    key = (spec, str(run_config.get(RC_STUDY, "")))
+    if key not in _REGISTRIES:
         factory = resolve(spec)
-        tasks = factory() if callable(factory) else factory
+        tasks = factory(load_study(run_config)) if callable(factory) else factory
         if not isinstance(tasks, Mapping):
             raise ConfigError(f"{spec!r} must return a mapping task name -> client function")
-        _REGISTRIES[spec] = dict(tasks)
-    return _REGISTRIES[spec]
+        _REGISTRIES[key] = dict(tasks)
+    return _REGISTRIES[key]
 
 
 def _node_partition(node_config: Mapping[str, Any]) -> tuple[int, int]:
@@ -214,7 +217,7 @@ def handle_client_message(
             }
         )
         return FlwrMessage(RecordDict({"config": info}), reply_to=message)
-    tasks = task_registry(str(rc.get(RC_TASKS, DEFAULT_TASKS) or DEFAULT_TASKS))
+    tasks = task_registry(str(rc.get(RC_TASKS, DEFAULT_TASKS) or DEFAULT_TASKS), rc)
     fn = tasks.get(task)
     if fn is None:
         raise EngineError(
@@ -267,7 +270,7 @@ def server_main(grid: Grid, context: Context, run_config: RunConfig | None = Non
     try:
         fn: ServerFn = resolve(str(rc[RC_SERVER_FN]))
         study = load_study(rc)
-        tasks = task_registry(str(rc.get(RC_TASKS, DEFAULT_TASKS) or DEFAULT_TASKS))
+        tasks = task_registry(str(rc.get(RC_TASKS, DEFAULT_TASKS) or DEFAULT_TASKS), rc)
         engine = FlowerEngine(
             grid=grid,
             num_clients=int(rc[RC_NUM_CLIENTS]),

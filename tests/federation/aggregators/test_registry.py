@@ -19,13 +19,22 @@ def test_every_registered_aggregator_builds_with_its_defaults() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("mode", r"unknown aggregator 'mode'; choose one of mean, median, trimmed_mean, krum$"),
+        (
+            "mode",
+            r"unknown aggregator 'mode'; choose one of mean, median, trimmed_mean, krum, "
+            r"centered_clip$",
+        ),
         (
             {"name": "median", "trim": 0.1},
             r"aggregator 'median' has no option 'trim'; it takes "
-            r"no options",
+            r"max_weight_ratio, max_deviation_ratio$",
         ),
-        ({"name": "trimmed_mean", "cut": 1}, r"has no option 'cut'; it takes trim"),
+        (
+            {"name": "trimmed_mean", "cut": 1},
+            r"has no option 'cut'; it takes trim, max_weight_ratio, max_deviation_ratio$",
+        ),
+        ({"name": "mean", "max_weight_ratio": 0.5}, r"max_weight_ratio=0.5 is out of range"),
+        ({"name": "centered_clip", "radius": 0}, r"centered_clip radius=0 is out of range"),
         ({"trim": 0.1}, r"must be a name or a table with a name"),
     ],
 )

@@ -71,7 +71,8 @@ def toy_fail(client: ClientData, msg: Message) -> Message:
     return Message(arrays=dict(msg.arrays), config={"ok": True})
 
 
-def toy_tasks() -> dict[str, Any]:
+def toy_tasks(study: object = None) -> dict[str, Any]:
+    del study
     return {"toy_sum": toy_sum, "toy_fail": toy_fail}
 
 
