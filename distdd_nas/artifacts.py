@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -127,12 +128,45 @@ def stage_in_place(
     _write_manifest(path, fingerprint, writer.files, meta)
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path) -> None:
+    """Check every file of the complete stage directory ``path`` against the SHA-256 its
+    manifest recorded (manifests written before checksums existed pass unchecked).
+
+    Raises:
+        ArtifactError: A listed file is missing or its bytes changed after it was written,
+            naming the file and the fix.
+    """
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ArtifactError(f"{path} holds no complete stage; re-run the stage that writes it")
+    for name, expected in dict(manifest.get("sha256", {})).items():
+        target = Path(path) / name
+        if not target.is_file():
+            raise ArtifactError(f"{target} is missing; delete {path} and re-run its stage")
+        if file_digest(target) != expected:
+            raise ArtifactError(
+                f"{target} was changed after it was written (SHA-256 differs from its "
+                f"manifest); delete {path} and re-run its stage"
+            )
+
+
 def _write_manifest(
     path: Path, fingerprint: str, files: list[str], meta: Mapping[str, Any] | None
 ) -> None:
+    names = sorted(set(files) - {MANIFEST})
     data = {
         "fingerprint": fingerprint,
-        "files": sorted(set(files) - {MANIFEST}),
+        "files": names,
+        "sha256": {name: file_digest(path / name) for name in names if (path / name).is_file()},
         "completed_unix": time.time(),
         **(dict(meta) if meta else {}),
     }

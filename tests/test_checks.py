@@ -90,6 +90,21 @@ BAD = [
     (["partition", "--set", 'study.name=""'], ["study.name", "path component"]),
     (["partition", "--set", 'study.name=".."'], ["study.name", "path component"]),
     (["partition", "--set", f'study.name="{"n" * 300}"'], ["study.name", "1-100"]),
+    (
+        ["fedavg", "--set", "federation.byzantine_fraction=0.6"],
+        ["federation.byzantine_fraction", "less than 0.5"],
+    ),
+    (["distill", "--set", "federation.byzantine_kind=flip"], ["federation.byzantine_kind"]),
+    (["fedavg", "--set", "federation.min_replies=0"], ["federation.min_replies"]),
+    (["fedavg", "--set", "federation.round_retries=-1"], ["federation.round_retries"]),
+    (
+        ["fedavg", "--set", 'fedavg.aggregator={name="centered_clip", radius=-1}'],
+        ["radius=-1", "out of range"],
+    ),
+    (
+        ["distill", "--set", 'distill.aggregator={name="mean", max_deviation_ratio=0.5}'],
+        ["max_deviation_ratio=0.5", "0 (off) or >= 1"],
+    ),
 ]
 
 

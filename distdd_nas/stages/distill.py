@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from distdd_nas.artifacts import is_complete, load_npz, locked, read_manifest, stage
+from distdd_nas.artifacts import is_complete, load_npz, locked, read_manifest, stage, verify
 from distdd_nas.config import fingerprint
 from distdd_nas.distill import (
     DistilledSet,
@@ -54,12 +54,14 @@ def distilled_dir(study: Study, cache: Path) -> Path:
 
 
 def load_distilled(path: Path) -> DistilledSet:
-    """Read ``synthetic.npz`` of a complete distillation directory (no pickle)."""
+    """Read ``synthetic.npz`` of a complete distillation directory (no pickle), after checking
+    every file against its manifest's SHA-256."""
     if not is_complete(path):
         raise ArtifactError(
             f"{path} holds no complete distilled set; "
             "run 'distdd-nas distill' for this study first"
         )
+    verify(path)
     return DistilledSet.from_arrays(load_npz(path / "synthetic.npz"))
 
 

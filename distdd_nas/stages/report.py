@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from distdd_nas.artifacts import is_complete, load_json, read_manifest, stage
+from distdd_nas.artifacts import is_complete, load_json, read_manifest, stage, verify
 from distdd_nas.config import fingerprint
 from distdd_nas.errors import ArtifactError
 from distdd_nas.federation.engine import round_half_up
@@ -23,6 +23,7 @@ from distdd_nas.report import (
 )
 from distdd_nas.stages.common import StageOutcome
 from distdd_nas.stages.distill import distilled_dir, load_distilled
+from distdd_nas.stages.validate import read_trials
 from distdd_nas.study import Study
 
 
@@ -32,9 +33,10 @@ def run_report_stage(study: Study, out: Path, *, cache: Path) -> StageOutcome:
     for name in ("search", "validate"):
         if not is_complete(out / name):
             raise ArtifactError(f"{out / name} is not complete; run 'distdd-nas {name}' first")
+        verify(out / name)
     cached = distilled_dir(study, cache)
     distill = load_json(out / "distill" / "summary.json") if is_complete(out / "distill") else {}
-    trials = pd.read_csv(out / "search" / "trials.csv")
+    trials = read_trials(out, config)  # made under this study's search settings
     validation = pd.read_csv(out / "validate" / "validation.csv")
     ranking = pd.read_csv(out / "validate" / "ranking.csv")
     search = load_json(out / "search" / "summary.json")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from distdd_nas.artifacts import is_complete, load_json, stage, write_atomic
-from distdd_nas.config import fingerprint
+from distdd_nas.artifacts import is_complete, load_json, read_manifest, stage, verify, write_atomic
+from distdd_nas.config import StudyConfig, fingerprint
 from distdd_nas.errors import ArtifactError
 from distdd_nas.evidence.statistics import tau_interval as bootstrap_tau
 from distdd_nas.fedavg import run_fedavg
@@ -32,17 +32,31 @@ from distdd_nas.stages.common import (
     StageOutcome,
     distilled_fingerprint,
 )
+from distdd_nas.stages.search import search_fingerprint
 from distdd_nas.study import Study
 
 
-def read_trials(out: Path) -> pd.DataFrame:
-    """The finished search's trial table of a run directory."""
-    if not is_complete(out / "search"):
+def read_trials(out: Path, config: StudyConfig) -> pd.DataFrame:
+    """The finished search's trial table of a run directory, checked against its manifest
+    (SHA-256 of every file) and made under this study's search settings.
+
+    Raises:
+        ArtifactError: No finished search, a file changed since it was written, or a search
+            made under other settings (its fingerprint differs).
+    """
+    path = out / "search"
+    if not is_complete(path):
         raise ArtifactError(
-            f"{out / 'search'} holds no finished search; run 'distdd-nas search' "
-            "for this study first"
+            f"{path} holds no finished search; run 'distdd-nas search' for this study first"
         )
-    return pd.read_csv(out / "search" / "trials.csv")
+    verify(path)
+    made, expected = (read_manifest(path) or {}).get("fingerprint"), search_fingerprint(config)
+    if made != expected:
+        raise ArtifactError(
+            f"{path} was made under other settings (fingerprint {made}, this study's is "
+            f"{expected}); re-run 'distdd-nas search' with this study and these --set options"
+        )
+    return pd.read_csv(path / "trials.csv")
 
 
 def tau_interval(table: pd.DataFrame, *, seed: int) -> dict[str, float]:
@@ -60,7 +74,7 @@ def run_validate_stage(
     """Train the selection with FedAvg; write validation.csv, ranking.csv, ledger, summary."""
     start = time.perf_counter()
     config = study.config
-    trials = read_trials(out)
+    trials = read_trials(out, config)
     fp = fingerprint(
         config, VALIDATE_SECTIONS, extra=[distilled_fingerprint(config), trials.to_json()]
     )
