@@ -113,9 +113,10 @@ def _idx_dataset(
     classes: tuple[str, ...],
     hint: str,
 ) -> DatasetSplits:
-    """Load an MNIST-style dataset from the first directory with all four IDX files."""
-    local = [root, root / torch_dir / "raw"] if root is not None else []
-    dirs = [*local, *system_dirs]
+    """Load an MNIST-style dataset from the first directory with all four IDX files: ``root``
+    (flat or torchvision layout) when it is set — a set but unusable root is an error, never a
+    silent fall back to another copy — else the system directories."""
+    dirs = [root, root / torch_dir / "raw"] if root is not None else list(system_dirs)
     files = find_idx_dir(dirs)
     if files is None and download:
         if root is None:
@@ -149,7 +150,8 @@ def _idx_dataset(
 def load_fashion_mnist(
     *, root: Path | None, download: bool, system_dirs: tuple[Path, ...] | None, **_: object
 ) -> DatasetSplits:
-    """Fashion-MNIST from ``root``, then :data:`FASHION_MNIST_SYSTEM_DIRS` (or ``system_dirs``)."""
+    """Fashion-MNIST from ``root`` if set, else :data:`FASHION_MNIST_SYSTEM_DIRS` (or
+    ``system_dirs``)."""
     return _idx_dataset(
         "fashion_mnist",
         root=root,

@@ -196,18 +196,24 @@ def test_fashion_mnist_from_root_in_each_layout(tmp_path: Path, layout: str) -> 
         np.testing.assert_array_equal(data.labels.numpy(), labels)
 
 
-def test_root_is_searched_before_the_system_directories(tmp_path: Path) -> None:
+def test_a_set_root_is_used_and_never_silently_replaced(tmp_path: Path) -> None:
     ours = write_mnist_like(tmp_path / "root", gz=True, seed=1)
     write_mnist_like(tmp_path / "system", gz=True, seed=2)
     splits = load_dataset(
         "fashion_mnist", root=tmp_path / "root", system_dirs=[tmp_path / "system"]
     )
     np.testing.assert_array_equal(raw_pixels(splits.train)[:, 0], ours["train"][0])
-    fallback = write_mnist_like(tmp_path / "other-system", gz=False, seed=3)
-    splits = load_dataset(
-        "fashion_mnist", root=tmp_path / "empty", system_dirs=[tmp_path / "other-system"]
-    )
-    np.testing.assert_array_equal(raw_pixels(splits.test)[:, 0], fallback["t10k"][0])
+    # an empty or partial root is an error naming it, not a fall back to the system copy
+    (tmp_path / "empty").mkdir()
+    partial = tmp_path / "partial"
+    write_mnist_like(partial, gz=True, seed=4)
+    next(partial.glob("t10k-labels*")).unlink()
+    for root in (tmp_path / "empty", partial):
+        with pytest.raises(DataError, match=rf"fashion_mnist not found.*{root}"):
+            load_dataset("fashion_mnist", root=root, system_dirs=[tmp_path / "system"])
+    # without a root the system directories are used
+    splits = load_dataset("fashion_mnist", system_dirs=[tmp_path / "system"])
+    assert len(splits.train) > 0
 
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_fix(tmp_path: Path) -> None:
