@@ -37,9 +37,25 @@ Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tens
 
 
 def dc_loops(ipc: int) -> tuple[int, int]:
-    """DC's (outer_loop, inner_loop) for ``ipc`` (the nearest lower table entry)."""
-    key = max(k for k in DC_LOOPS if k <= max(ipc, 1))
-    return DC_LOOPS[key]
+    """DC's (outer_loop, inner_loop) for ``ipc``: the table's entry where it has one; between
+    two entries the outer loop is ``ipc`` (it equals ipc throughout DC's table) and the inner
+    loop is linearly interpolated between the neighbours (rounded half up), e.g. ipc 5 →
+    (5, 23); above the table, its last entry (50, 10).
+
+    Earlier versions took the nearest lower entry, so ipc 2-9 got (1, 1): one matching step
+    per iteration and a network that was never updated.
+    """
+    ipc = max(int(ipc), 1)
+    if ipc in DC_LOOPS:
+        return DC_LOOPS[ipc]
+    keys = sorted(DC_LOOPS)
+    if ipc > keys[-1]:
+        return DC_LOOPS[keys[-1]]
+    low = max(k for k in keys if k < ipc)
+    high = min(k for k in keys if k > ipc)
+    (_, inner_low), (_, inner_high) = DC_LOOPS[low], DC_LOOPS[high]
+    inner = inner_low + (inner_high - inner_low) * (ipc - low) / (high - low)
+    return ipc, int(np.floor(inner + 0.5))
 
 
 def check_settings(settings: DistillSection) -> None:

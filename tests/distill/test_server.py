@@ -25,12 +25,15 @@ from distdd_nas.models import build_model, get_parameters
 from tests.distill.conftest import TINY, iid_parts, make_engine
 
 
-def test_dc_loop_table_and_nearest_lower_key() -> None:
+def test_dc_loop_table_and_its_interpolation() -> None:
     assert dc_loops(1) == (1, 1)
     assert dc_loops(10) == (10, 50)
     assert dc_loops(50) == (50, 10)
-    assert dc_loops(5) == (1, 1)
-    assert dc_loops(15) == (10, 50)
+    # between entries: outer = ipc, inner interpolated by hand: 1 + 49 · 4/9 = 22.8 → 23,
+    # 50 + (25 − 50) · 5/10 = 37.5 → 38
+    assert dc_loops(5) == (5, 23)
+    assert dc_loops(15) == (15, 38)
+    assert dc_loops(2) == (2, 6)  # 1 + 49/9 = 6.4
     assert dc_loops(100) == (50, 10)
 
 
