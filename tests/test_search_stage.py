@@ -197,6 +197,12 @@ def test_killed_search_resumes_without_losing_trials(tmp_path: Path) -> None:
         assert after[number] == record, "a completed trial changed or was lost"
     trials = pd.read_csv(out / "search" / "trials.csv")
     assert (trials["state"] == "COMPLETE").sum() == 6
+    # the resumed search evaluates the candidates an uninterrupted one does, with equal scores
+    whole = tmp_path / "whole"
+    assert main([*args[:2], "--out", str(whole), *args[4:]]) == 0
+    storage = f"sqlite:///{(whole / 'search' / 'optuna.db').resolve()}"
+    uninterrupted = sorted((t.value, sorted(t.params.items())) for t in _completed(storage))
+    assert sorted((v, sorted(p.items())) for v, p in after.values()) == uninterrupted
 
 
 @pytest.mark.nni

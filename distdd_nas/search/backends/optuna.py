@@ -111,10 +111,7 @@ class OptunaBackend:
             pruner=make_pruner(pruner),
             load_if_exists=True,
         )
-        if self.study.trials:  # resumed: a fresh random stream (see make_sampler)
-            self.study.sampler = make_sampler(
-                sampler, seed=seed, space=space, resumed_at=len(self.study.trials)
-            )
+        self.seed = seed
         self._recover_dead_trials()
         point = space.point(reference) if reference else None
         if reference and point is None:
@@ -171,6 +168,17 @@ class OptunaBackend:
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def _position(self) -> int:
+        """How many proposals the search has made, as an uninterrupted run counts them: every
+        stored trial except queued ones, re-runs of interrupted trials and surplus ones."""
+        return sum(
+            1
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state != TrialState.WAITING
+            and "retry_of" not in t.user_attrs
+            and not t.user_attrs.get("surplus")
+        )
+
     def _count(self, states: tuple[TrialState, ...]) -> int:
         return len(self.study.get_trials(deepcopy=False, states=states))
 
@@ -213,6 +221,10 @@ class OptunaBackend:
                 break
             if self._count(ALIVE) >= target:
                 break  # other workers are running the remainder
+            # a fresh sampler per proposal, seeded by its position (see make_sampler)
+            self.study.sampler = make_sampler(
+                self.sampler_name, seed=self.seed, space=self.space, position=self._position()
+            )
             trial = self.study.ask(distributions)
             trial.set_user_attr("worker", _worker_id())
             ahead = [

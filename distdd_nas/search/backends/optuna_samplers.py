@@ -82,19 +82,24 @@ PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 
 
 def make_sampler(
-    name: str, *, seed: int, space: SearchSpace, resumed_at: int = 0
+    name: str, *, seed: int, space: SearchSpace, position: int = 0
 ) -> optuna.samplers.BaseSampler:
-    """Sampler by name (a key of :data:`SAMPLERS`), seeded from the study seed.
+    """Sampler by name (a key of :data:`SAMPLERS`), seeded from the study seed and
+    ``position``.
 
-    ``resumed_at`` (the number of trials already stored) enters the seed, so a resumed study
-    does not replay the random stream that proposed its first trials (which would propose the
-    same candidates again); a fresh study (0 trials) is reproducible from the seed alone.
+    The backend makes a fresh sampler for every trial it asks for, with ``position`` = the
+    number of trials that count towards the search so far (finished or running, failures
+    aside). A sampler's only state besides the study's stored trials is its random stream, so
+    the k-th proposal depends on the seed, k and the history alone: a search killed and
+    resumed proposes the very candidates an uninterrupted one does. The grid sampler ignores
+    ``position``: Optuna orders its grid with the seed, and every instance must agree on which
+    grid id is which point.
 
     Raises:
         ConfigError: Unknown name, or ``grid`` over a space with a continuous float.
         MissingDependencyError: ``cmaes`` without the ``cmaes`` package.
     """
-    s = derive_seed(seed, "sampler", resumed_at) % 2**32
+    s = derive_seed(seed, "sampler", 0 if name == "grid" else position) % 2**32
     factory = SAMPLERS.get(name)
     if factory is None:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
