@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from torch import nn
 
 from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset
+from distdd_nas.distill.census import ClassCensus, census
 from distdd_nas.distill.checkpoint import Checkpointer, DistillState
 from distdd_nas.distill.client import class_gradients, class_stats
 from distdd_nas.distill.evaluate import evaluate_synthetic
@@ -49,7 +50,6 @@ from distdd_nas.distill.server import (
     make_grad_fn,
     match_loss,
 )
-from distdd_nas.errors import EngineError
 from distdd_nas.federation import ClientData, Engine, InProcessEngine, Message, select_clients
 from distdd_nas.federation.message import Scalar
 from distdd_nas.federation.quorum import DEFAULT_QUORUM, Quorum, deliver
@@ -57,14 +57,6 @@ from distdd_nas.models import ArchSpec, build_model, get_parameters
 from distdd_nas.seeding import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClassCensus:
-    """What round 0 taught the server: class counts per client (and moments, if asked)."""
-
-    counts: np.ndarray  # clients × classes, int64
-    moments: list[dict[str, np.ndarray]]
 
 
 @dataclass
@@ -85,7 +77,10 @@ class _Run:
     """Everything fixed for a whole run (to keep function signatures short)."""
 
     engine: Engine
+    arch: ArchSpec
     arch_json: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
     settings: DistillSection
     census: ClassCensus
     distance: Distance
@@ -104,24 +99,6 @@ def resolve_loops(settings: DistillSection) -> tuple[int, int]:
         settings.outer_loop or outer,
         inner if settings.inner_loop is None else settings.inner_loop,
     )
-
-
-def census(engine: Engine, *, num_classes: int, moments: bool) -> ClassCensus:
-    """Round 0: every client reports its per-class counts (metered like every payload)."""
-    messages = {c: Message(config={"moments": moments}) for c in range(engine.num_clients)}
-    replies = engine.run_round("class_stats", messages, round=0)
-    counts = np.zeros((engine.num_clients, num_classes), dtype=np.int64)
-    for cid, reply in replies.items():
-        reported = np.asarray(reply.arrays["counts"], dtype=np.int64)
-        if reported.shape != (num_classes,):
-            raise EngineError(
-                f"client {cid} reported counts of shape {reported.shape} for "
-                f"{num_classes} classes; the clients hold another dataset"
-            )
-        counts[cid] = reported
-    if counts.sum() == 0:
-        raise EngineError("no client reported any data in the class census; check the partition")
-    return ClassCensus(counts, [dict(r.arrays) for r in replies.values()])
 
 
 def run_distill(
@@ -148,50 +125,36 @@ def run_distill(
         settings: The ``[distill]`` section.
         seed: Root seed: initial images, every θ0, client batches and client selection.
         fraction: Share of clients selected per matching step (``federation.fraction``).
-        compile: DC's inner loop through torch.compile (:func:`.server.make_grad_fn`): ~2×
-            faster inner steps after a one-off compilation; equal to eager up to rounding.
-        test: Server test set for checkpoints every ``settings.eval_every`` iterations.
+        compile: The inner loop through torch.compile (:func:`.server.make_grad_fn`).
+        test: Server test set for accuracy checkpoints every ``settings.eval_every``.
         on_iteration: Called with each history row (progress bars).
-        quorum: Replies a matching step needs before it is sent again or skipped (a skipped
-            step leaves the images unchanged; history columns ``retried``, ``skipped``).
-        checkpoint: Where the state goes after every outer iteration, and where a run resumes
-            from (the census is not re-sent; the result is byte-identical to an uninterrupted
-            run). The caller clears it once the result is stored.
+        quorum: Replies a step needs before it is re-sent or skipped (images unchanged).
+        checkpoint: Stores the state after every outer iteration; a run resumes from it to
+            the bytes of an uninterrupted run (the caller clears it once the result is kept).
 
     Returns:
-        The synthetic set, one history row per iteration (see :func:`_history_row`; plus
-        ``acc_mean`` / ``acc_std`` at checkpoints), the census class counts and the wall time
-        (checkpoint evaluations excluded).
+        The synthetic set, one history row per iteration (:func:`_history_row`), the census
+        class counts and the wall time (accuracy checkpoints excluded).
 
     Raises:
         ConfigError: Unknown distance/aggregator/mode, or ``ipc`` above a class's total count.
         EngineError: The census is empty or inconsistent.
     """
-    start = time.perf_counter()
     check_settings(settings)
     outer, inner = resolve_loops(settings)
-    saved = checkpoint.load() if checkpoint is not None else None
-    if saved is None:
-        info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
-        check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
-        images = _initial_images(
-            settings, info, num_classes=num_classes, shape=input_shape, seed=seed
-        )
-    else:
-        log.info("resuming the distillation after iteration %d", saved.iterations_done)
-        info = ClassCensus(saved.counts, saved.moments)
-        images = saved.images.clone().requires_grad_(True)
-        engine.ledger.extend(saved.ledger)
-        start -= saved.elapsed_s
+    state, start = _begin(
+        engine, settings, checkpoint, num_classes=num_classes, shape=input_shape, seed=seed
+    )
+    images = state.images.clone().requires_grad_(True)
     labels = torch.arange(num_classes).repeat_interleave(settings.ipc)
     opt_img = torch.optim.SGD([images], lr=settings.lr_img, momentum=settings.momentum_img)
-    if saved is not None:
-        opt_img.load_state_dict(saved.optimizer)
+    if state.optimizer:
+        opt_img.load_state_dict(state.optimizer)
     run = _start(
         engine,
         arch,
         settings,
-        info,
+        ClassCensus(state.counts, state.moments),
         input_shape=input_shape,
         num_classes=num_classes,
         seed=seed,
@@ -199,44 +162,81 @@ def run_distill(
         compile=compile,
         quorum=quorum,
     )
-    rows: list[dict[str, float]] = list(saved.rows) if saved is not None else []
+    rows = list(state.rows)
     eval_s = 0.0
-    for it in range(saved.iterations_done if saved is not None else 0, settings.iterations):
-        net = build_model(
-            arch,
-            input_shape=input_shape,
-            num_classes=num_classes,
-            seed=derive_seed(seed, "distill", "net", it),
-        )
-        net.train()
-        timer = _iteration(run, net, images, labels, opt_img, it=it, outer=outer, inner=inner)
+    for it in range(state.iterations_done, settings.iterations):
+        timer = _iteration(run, images, labels, opt_img, it=it, outer=outer, inner=inner)
         row = _history_row(it, outer, timer, engine, wall_s=time.perf_counter() - start - eval_s)
         if test is not None and _checkpoint_due(settings, it):
             t0 = time.perf_counter()
-            row.update(
-                _checkpoint(images, labels, arch=arch, test=test, settings=settings, seed=seed)
-            )
+            row.update(_checkpoint(images, labels, run=run, test=test))
             eval_s += time.perf_counter() - t0
         rows.append(row)
         if checkpoint is not None:
-            checkpoint.save(
-                DistillState(
-                    iterations_done=it + 1,
-                    images=images.detach(),
-                    optimizer=opt_img.state_dict(),
-                    rows=rows,
-                    ledger=engine.ledger,
-                    counts=info.counts,
-                    moments=info.moments,
-                    elapsed_s=time.perf_counter() - start - eval_s,
-                )
-            )
+            elapsed = time.perf_counter() - start - eval_s
+            checkpoint.save(_after(state, it, images, opt_img, rows, engine, elapsed=elapsed))
         log.info("distill iteration %d: %s", it + 1, row)
         if on_iteration is not None:
             on_iteration(row)
-    synthetic = DistilledSet(images.detach().clone(), labels, num_classes)
     history = pd.DataFrame(rows).astype({"iteration": int, "steps": int, "rejected": int})
-    return DistillResult(synthetic, history, info.counts, time.perf_counter() - start - eval_s)
+    synthetic = DistilledSet(images.detach().clone(), labels, num_classes)
+    return DistillResult(synthetic, history, state.counts, time.perf_counter() - start - eval_s)
+
+
+def _after(
+    state: DistillState,
+    it: int,
+    images: torch.Tensor,
+    opt_img: torch.optim.Optimizer,
+    rows: list[dict[str, float]],
+    engine: Engine,
+    *,
+    elapsed: float,
+) -> DistillState:
+    """The state once iteration ``it`` is done (what the checkpoint stores)."""
+    return replace(
+        state,
+        iterations_done=it + 1,
+        images=images.detach(),
+        optimizer=opt_img.state_dict(),
+        rows=rows,
+        ledger=engine.ledger,
+        elapsed_s=elapsed,
+    )
+
+
+def _begin(
+    engine: Engine,
+    settings: DistillSection,
+    checkpoint: Checkpointer | None,
+    *,
+    num_classes: int,
+    shape: tuple[int, int, int],
+    seed: int,
+) -> tuple[DistillState, float]:
+    """(the checkpoint's state, its ledger replayed into ``engine``'s; or a fresh one after
+    the census round: initial images, no iterations done) and the run's start on the
+    ``perf_counter`` clock, moved back by the seconds the saved state had already spent."""
+    began = time.perf_counter()
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        log.info("resuming the distillation after iteration %d", saved.iterations_done)
+        engine.ledger.extend(saved.ledger)
+        return saved, began - saved.elapsed_s
+    info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
+    check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
+    images = _initial_images(settings, info, num_classes=num_classes, shape=shape, seed=seed)
+    fresh = DistillState(
+        iterations_done=0,
+        images=images.detach(),
+        optimizer={},
+        rows=[],
+        ledger=engine.ledger,
+        counts=info.counts,
+        moments=info.moments,
+        elapsed_s=0.0,
+    )
+    return fresh, began
 
 
 def _start(
@@ -256,7 +256,10 @@ def _start(
     probe = build_model(arch, input_shape=input_shape, num_classes=num_classes, seed=0)
     return _Run(
         engine,
+        arch,
         json.dumps(arch.to_dict(), sort_keys=True),
+        input_shape,
+        num_classes,
         settings,
         info,
         get_distance(settings.distance),
@@ -270,22 +273,16 @@ def _start(
 
 
 def _checkpoint(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    arch: ArchSpec,
-    test: ImageDataset,
-    settings: DistillSection,
-    seed: int,
+    images: torch.Tensor, labels: torch.Tensor, *, run: _Run, test: ImageDataset
 ) -> dict[str, float]:
-    """DC's evaluation of the images so far (``settings.eval``): mean and std accuracy."""
+    """DC's evaluation of the images so far (``distill.eval``): mean and std accuracy."""
     acc, std, _ = evaluate_synthetic(
         images.detach(),
         labels,
-        arch=arch,
+        arch=run.arch,
         test=test,
-        settings=settings.eval,
-        seed=derive_seed(seed, "distill", "checkpoint"),
+        settings=run.settings.eval,
+        seed=derive_seed(run.seed, "distill", "checkpoint"),
     )
     return {"acc_mean": acc, "acc_std": std}
 
@@ -316,7 +313,6 @@ def _initial_images(
 
 def _iteration(
     run: _Run,
-    net: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     opt_img: torch.optim.Optimizer,
@@ -325,8 +321,16 @@ def _iteration(
     outer: int,
     inner: int,
 ) -> _Timer:
-    """One outer iteration: ``outer`` matching steps with network updates in between."""
+    """One outer iteration on a freshly seeded network θ0: ``outer`` matching steps with
+    network updates in between."""
     settings = run.settings
+    net = build_model(
+        run.arch,
+        input_shape=run.input_shape,
+        num_classes=run.num_classes,
+        seed=derive_seed(run.seed, "distill", "net", it),
+    )
+    net.train()
     opt_net = torch.optim.SGD(net.parameters(), lr=settings.lr_net)
     inner_gen = torch_generator(run.seed, "distill", "inner", it)
     timer = _Timer()

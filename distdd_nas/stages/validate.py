@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -22,7 +23,7 @@ from distdd_nas.artifacts import is_complete, load_json, read_manifest, stage, v
 from distdd_nas.config import StudyConfig, fingerprint
 from distdd_nas.errors import ArtifactError
 from distdd_nas.evidence.statistics import tau_interval as bootstrap_tau
-from distdd_nas.fedavg import run_fedavg
+from distdd_nas.fedavg import FedAvgSettings, run_fedavg
 from distdd_nas.report.metrics import ranking_metrics
 from distdd_nas.search.ranking import rank_trials, select_for_validation
 from distdd_nas.seeding import derive_seed
@@ -96,49 +97,11 @@ def run_validate_stage(
     progress_dir.mkdir(parents=True, exist_ok=True)
     rows, ledgers = [], []
     for i, row in selection.iterrows():
-        candidate = study.candidates.from_row(row.to_dict())
-        done = progress_dir / f"{candidate.candidate_id}.json"
-        if done.exists():  # trained before this process was interrupted
-            rows.append(load_json(done))
-            ledgers.append(
-                pd.read_csv(
-                    progress_dir / f"{candidate.candidate_id}.ledger.csv",
-                    dtype={"candidate_id": str, "kind": str, "direction": str},
-                )
-            )
-            continue
-        engine = study.make_engine()
-        result = run_fedavg(
-            engine,
-            arch=candidate.arch,
-            test=study.validation_test,
-            settings=candidate.fedavg_settings(base),
-            seed=config.study.seed,
-            quorum=study.quorum,
-        )
-        rows.append(
-            {
-                "candidate_id": candidate.candidate_id,
-                "selected_as": row["selected_as"],
-                "proxy_rank": int(row["proxy_rank"]),
-                "proxy_score": float(row["value"]),
-                "fedavg_accuracy": result.test_accuracy,
-                "model": candidate.arch.short_name(),
-                "num_parameters": study.num_parameters(candidate.arch),
-                "rounds": result.rounds,
-                "bytes_up": engine.ledger.bytes_up,
-                "bytes_down": engine.ledger.bytes_down,
-                "wall_s": result.wall_s,
-            }
-        )
-        ledgers.append(engine.ledger.to_frame().assign(candidate_id=candidate.candidate_id))
-        write_atomic(
-            progress_dir / f"{candidate.candidate_id}.ledger.csv",
-            ledgers[-1].to_csv(index=False, lineterminator="\n"),
-        )
-        write_atomic(done, json.dumps(rows[-1], default=lambda x: x.item()))  # numpy scalars
+        record, ledger = _validated(study, row, base=base, progress_dir=progress_dir)
+        rows.append(record)
+        ledgers.append(ledger)
         if progress is not None:
-            progress(int(i) + 1, len(selection), {"test_accuracy": result.test_accuracy})
+            progress(int(i) + 1, len(selection), {"test_accuracy": record["fedavg_accuracy"]})
     table = pd.DataFrame(rows)
     summary = {
         "n_validated": len(table),
@@ -158,3 +121,43 @@ def run_validate_stage(
         w.json("summary.json", summary)
     shutil.rmtree(out / ".validate-progress", ignore_errors=True)
     return StageOutcome(out / "validate", summary)
+
+
+def _validated(
+    study: Study, row: pd.Series, *, base: FedAvgSettings, progress_dir: Path
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """One selected candidate's validation row and ledger: read back if an interrupted run
+    finished it (``progress_dir``), else trained with FedAvg and written there (ledger first,
+    row last, each atomically, so a row on disk means the candidate is done)."""
+    candidate = study.candidates.from_row(row.to_dict())
+    done = progress_dir / f"{candidate.candidate_id}.json"
+    ledger_file = progress_dir / f"{candidate.candidate_id}.ledger.csv"
+    if done.exists():
+        dtypes = {"candidate_id": str, "kind": str, "direction": str}
+        return load_json(done), pd.read_csv(ledger_file, dtype=dtypes)
+    engine = study.make_engine()
+    result = run_fedavg(
+        engine,
+        arch=candidate.arch,
+        test=study.validation_test,
+        settings=candidate.fedavg_settings(base),
+        seed=study.config.study.seed,
+        quorum=study.quorum,
+    )
+    record = {
+        "candidate_id": candidate.candidate_id,
+        "selected_as": row["selected_as"],
+        "proxy_rank": int(row["proxy_rank"]),
+        "proxy_score": float(row["value"]),
+        "fedavg_accuracy": result.test_accuracy,
+        "model": candidate.arch.short_name(),
+        "num_parameters": study.num_parameters(candidate.arch),
+        "rounds": result.rounds,
+        "bytes_up": engine.ledger.bytes_up,
+        "bytes_down": engine.ledger.bytes_down,
+        "wall_s": result.wall_s,
+    }
+    ledger = engine.ledger.to_frame().assign(candidate_id=candidate.candidate_id)
+    write_atomic(ledger_file, ledger.to_csv(index=False, lineterminator="\n"))
+    write_atomic(done, json.dumps(record, default=lambda x: x.item()))  # numpy scalars
+    return record, ledger

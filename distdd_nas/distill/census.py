@@ -1,0 +1,40 @@
+"""Round 0 of a distillation: every client reports its per-class counts (and, for the
+``client_mean`` initialisation, per-class pixel moments), metered like every payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from distdd_nas.errors import EngineError
+from distdd_nas.federation import Engine, Message
+
+
+@dataclass(frozen=True)
+class ClassCensus:
+    """What round 0 taught the server: class counts per client (and moments, if asked)."""
+
+    counts: np.ndarray  # clients × classes, int64
+    moments: list[dict[str, np.ndarray]]
+
+
+def census(engine: Engine, *, num_classes: int, moments: bool) -> ClassCensus:
+    """Round 0: every client reports its per-class counts (metered like every payload)."""
+    messages = {c: Message(config={"moments": moments}) for c in range(engine.num_clients)}
+    replies = engine.run_round("class_stats", messages, round=0)
+    counts = np.zeros((engine.num_clients, num_classes), dtype=np.int64)
+    for cid, reply in replies.items():
+        reported = np.asarray(reply.arrays["counts"], dtype=np.int64)
+        if reported.shape != (num_classes,):
+            raise EngineError(
+                f"client {cid} reported counts of shape {reported.shape} for "
+                f"{num_classes} classes; the clients hold another dataset"
+            )
+        counts[cid] = reported
+    if counts.sum() == 0:
+        raise EngineError("no client reported any data in the class census; check the partition")
+    return ClassCensus(counts, [dict(r.arrays) for r in replies.values()])
+
+
+__all__ = ["ClassCensus", "census"]
