@@ -42,10 +42,10 @@ NEEDS: dict[str, frozenset[str]] = {
     "fedavg": frozenset({"model"}),
     "distill": frozenset({"cache", "model", "distill"}),
     "search": frozenset({"cache", "model", "distill", "space", "search"}),
-    "validate": frozenset({"model"}),
+    "validate": frozenset({"model", "space", "validation"}),
     "report": frozenset(),
     "groundtruth": frozenset({"model", "space"}),
-    "run": frozenset({"cache", "model", "distill", "space", "search"}),
+    "run": frozenset({"cache", "model", "distill", "space", "search", "validation"}),
 }
 
 
@@ -80,6 +80,28 @@ def check_command(study: Study, command: str, *, out: Path, cache: Path | None =
             raise type(err)(f"search.space: {err}") from None
     if "search" in needs:
         check_search(study)
+    if "validation" in needs:
+        check_validation(study)
+
+
+def check_validation(study: Study) -> None:
+    """Refuse to validate a space whose candidates FedAvg cannot tell apart.
+
+    Parameters ``train.*`` shape how the proxy trains on the distilled set; FedAvg never reads
+    them, so if a space searches nothing else every validated candidate is the same FedAvg run
+    and the ranking figures are meaningless (τ undefined).
+
+    Raises:
+        ConfigError: Names the space and the two ways out.
+    """
+    space = study.space
+    if space.params and all(p.name.startswith("train.") for p in space.params):
+        raise ConfigError(
+            f"search.space {space.name!r} searches only train.* parameters (how the proxy "
+            "trains on the distilled set), which FedAvg never uses, so validation would train "
+            "the same model for every candidate; run 'distdd-nas search' alone, or use a space "
+            "with arch.* or fedavg.* parameters"
+        )
 
 
 def check_directory(path: Path, what: str, *, fix: str | None = None) -> None:

@@ -96,6 +96,11 @@ BAD = [
     ),
     (["distill", "--set", "federation.byzantine_kind=flip"], ["federation.byzantine_kind"]),
     (["fedavg", "--set", "federation.min_replies=0"], ["federation.min_replies"]),
+    (
+        ["run", "--set", "search.space=train_hparams"],
+        ["train_hparams", "only train.*", "'distdd-nas search' alone"],
+    ),
+    (["validate", "--set", "search.space=train_hparams"], ["only train.*", "fedavg.*"]),
     (["fedavg", "--set", "federation.round_retries=-1"], ["federation.round_retries"]),
     (
         ["fedavg", "--set", 'fedavg.aggregator={name="centered_clip", radius=-1}'],
