@@ -186,6 +186,9 @@ class DistillSection(Section):
     distance: Literal["layerwise_cosine", "mse", "cosine"] = "layerwise_cosine"
     net_update: Literal["synthetic", "global_grad"] = "synthetic"
     init: Literal["noise", "client_mean"] = "noise"
+    # client_mean: a client sends a class's pixel sums only if it holds at least this many
+    # images of it (with 1, a client holding one image of a class would send that image)
+    init_min_count: int = Field(default=5, ge=1)
     grad_dtype: Literal["float32", "float16"] = "float32"
     aggregator: AggregatorChoice = "mean"
     eval_every: int = Field(default=0, ge=0)  # accuracy checkpoints every N iterations (0: none)

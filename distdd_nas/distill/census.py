@@ -19,9 +19,11 @@ class ClassCensus:
     moments: list[dict[str, np.ndarray]]
 
 
-def census(engine: Engine, *, num_classes: int, moments: bool) -> ClassCensus:
-    """Round 0: every client reports its per-class counts (metered like every payload)."""
-    messages = {c: Message(config={"moments": moments}) for c in range(engine.num_clients)}
+def census(engine: Engine, *, num_classes: int, moments: bool, min_count: int = 1) -> ClassCensus:
+    """Round 0: every client reports its per-class counts (metered like every payload), and
+    with ``moments`` its per-class pixel sums for classes it holds ``min_count`` images of."""
+    config = {"moments": moments, "min_count": min_count} if moments else {"moments": False}
+    messages = {c: Message(config=dict(config)) for c in range(engine.num_clients)}
     replies = engine.run_round("class_stats", messages, round=0)
     counts = np.zeros((engine.num_clients, num_classes), dtype=np.int64)
     for cid, reply in replies.items():

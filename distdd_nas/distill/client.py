@@ -70,7 +70,10 @@ def class_stats(client: ClientData, msg: Message) -> Message:
 
     With ``msg.config["moments"]`` true the reply also carries per-class pixel sums ``sum`` and
     sums of squares ``sumsq`` (float64, classes × C·H·W), from which the server forms
-    count-weighted class means and standard deviations for the ``client_mean`` initialisation.
+    count-weighted class means and standard deviations for the ``client_mean`` initialisation,
+    and ``moment_counts``, the images behind each row. Only classes the client holds at least
+    ``msg.config["min_count"]`` images of are summed (the others are zero rows with count 0):
+    the sum over one image *is* that image.
     """
     labels = client.train_labels()
     num_classes = client.dataset.num_classes
@@ -80,13 +83,15 @@ def class_stats(client: ClientData, msg: Message) -> Message:
         dim = int(np.prod(client.dataset.input_shape))
         sums = np.zeros((num_classes, dim), dtype=np.float64)
         sumsq = np.zeros((num_classes, dim), dtype=np.float64)
-        for c in np.flatnonzero(counts):
+        summed = np.where(counts >= int(msg.config.get("min_count", 1)), counts, 0)
+        for c in np.flatnonzero(summed):
             idx = torch.as_tensor(client.train_indices[labels == c])
             flat = client.dataset.images[idx].reshape(len(idx), -1).double()
             sums[c] = flat.sum(dim=0).numpy()
             sumsq[c] = flat.pow(2).sum(dim=0).numpy()
         arrays["sum"] = sums
         arrays["sumsq"] = sumsq
+        arrays["moment_counts"] = summed
     return Message(arrays=arrays)
 
 

@@ -223,7 +223,12 @@ def _begin(
         log.info("resuming the distillation after iteration %d", saved.iterations_done)
         engine.ledger.extend(saved.ledger)
         return saved, began - saved.elapsed_s
-    info = census(engine, num_classes=num_classes, moments=settings.init == "client_mean")
+    info = census(
+        engine,
+        num_classes=num_classes,
+        moments=settings.init == "client_mean",
+        min_count=settings.init_min_count,
+    )
     check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
     images = _initial_images(settings, info, num_classes=num_classes, shape=shape, seed=seed)
     fresh = DistillState(

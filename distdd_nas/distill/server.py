@@ -218,8 +218,11 @@ def init_client_mean(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """Images drawn around the per-class, per-pixel mean/std aggregated (count-weighted) from
-    the clients' ``class_stats`` replies; classes nobody holds fall back to N(0, 1)."""
-    counts = np.sum([np.asarray(s["counts"], dtype=np.float64) for s in stats], axis=0)
+    the clients' ``class_stats`` replies (``moment_counts`` images each, where sent); classes
+    with no moments from any client fall back to N(0, 1)."""
+    counts = np.sum(
+        [np.asarray(s.get("moment_counts", s["counts"]), dtype=np.float64) for s in stats], axis=0
+    )
     total = np.sum([np.asarray(s["sum"], dtype=np.float64) for s in stats], axis=0)
     total_sq = np.sum([np.asarray(s["sumsq"], dtype=np.float64) for s in stats], axis=0)
     num_classes = len(counts)

@@ -212,7 +212,8 @@ def test_options_run_and_stay_finite(digits: DatasetSplits, update: dict[str, st
     result = distill(engine, train, SMALL.model_copy(update=update))
     assert torch.isfinite(result.synthetic.images).all()
     if update.get("init") == "client_mean":
-        assert engine.ledger.total("up", "class_stats") == 3 * (10 * 8 + 2 * 10 * 64 * 8)
+        # counts and moment_counts (10 int64 each), sum and sumsq (10 × 64 float64 each)
+        assert engine.ledger.total("up", "class_stats") == 3 * (2 * 10 * 8 + 2 * 10 * 64 * 8)
 
 
 def test_client_fraction_selects_a_seeded_subset_per_step(digits: DatasetSplits) -> None:
