@@ -2,10 +2,11 @@
 
 Clients drop out (:class:`~distdd_nas.federation.engine.ClientDropped`, or a Flower node that
 errs or times out). A server algorithm asks :func:`deliver` for a round: it sends the messages,
-and when fewer than ``min_replies`` come back it sends the round again (``retries`` times, each
-attempt a fresh delivery with ``attempt`` in its configuration, metered in the ledger like the
-first). A round still short after the last attempt is *skipped*: the caller leaves its model or
-synthetic set unchanged and records the skip in its history.
+keeps the replies that arrive, and while fewer than ``min_replies`` have arrived it sends the
+round again to the clients that have not replied (``retries`` times at most, each attempt a
+fresh delivery with ``attempt`` in its configuration, metered in the ledger like the first). A
+round still short after the last attempt is *skipped*: the caller leaves its model or synthetic
+set unchanged and records the skip in its history.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def deliver(
     round: int,
     quorum: Quorum = DEFAULT_QUORUM,
 ) -> Delivery:
-    """Run ``task`` for one round until ``quorum.min_replies`` replies arrive.
+    """Run ``task`` for one round until ``quorum.min_replies`` replies have arrived.
 
     The quorum is capped at the number of messages (a round addressed to fewer clients cannot
     ask for more replies). An empty round is delivered once and not counted as skipped.
@@ -64,10 +65,11 @@ def deliver(
     need = min(quorum.min_replies, len(messages))
     replies: dict[int, Message] = {}
     for attempt in range(quorum.retries + 1):
-        sent = messages if attempt == 0 else _retry(messages, attempt)
-        replies = engine.run_round(task, sent, round=round)
+        missing = {cid: m for cid, m in messages.items() if cid not in replies}
+        sent = missing if attempt == 0 else _retry(missing, attempt)
+        replies.update(engine.run_round(task, sent, round=round))
         if len(replies) >= need:
-            return Delivery(replies, attempt + 1, skipped=False)
+            return Delivery(dict(sorted(replies.items())), attempt + 1, skipped=False)
         log.warning(
             "%s round %d attempt %d: %d of %d replies, %d needed",
             task,
@@ -78,7 +80,7 @@ def deliver(
             need,
         )
     log.warning("%s round %d skipped: too few replies after %d attempts", task, round, attempt + 1)
-    return Delivery(replies, quorum.retries + 1, skipped=True)
+    return Delivery(dict(sorted(replies.items())), quorum.retries + 1, skipped=True)
 
 
 def _retry(messages: Mapping[int, Message], attempt: int) -> dict[int, Message]:
