@@ -189,6 +189,12 @@ class DistillSection(Section):
     # client_mean: a client sends a class's pixel sums only if it holds at least this many
     # images of it (with 1, a client holding one image of a class would send that image)
     init_min_count: int = Field(default=5, ge=1)
+    # Differential privacy of the class gradients (distdd_nas.distill.privacy): per-example
+    # clipping at dp_clip (0: off) and Gaussian noise, set directly or by a target ε at dp_delta
+    dp_clip: float = Field(default=0.0, ge=0.0)
+    dp_noise_multiplier: float = Field(default=0.0, ge=0.0)
+    dp_target_epsilon: float | None = Field(default=None, gt=0.0)
+    dp_delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
     grad_dtype: Literal["float32", "float16"] = "float32"
     aggregator: AggregatorChoice = "mean"
     eval_every: int = Field(default=0, ge=0)  # accuracy checkpoints every N iterations (0: none)

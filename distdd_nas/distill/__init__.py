@@ -6,8 +6,9 @@ from distdd_nas.distill.evaluate import (
     evaluate_synthetic,
     random_real_subset,
 )
-from distdd_nas.distill.loop import centralized_engine, resolve_loops, run_distill
+from distdd_nas.distill.loop import resolve_loops, run_distill
 from distdd_nas.distill.matching import DISTANCES, get_distance
+from distdd_nas.distill.reference import centralized_engine
 from distdd_nas.distill.result import DistilledSet, DistillResult
 
 __all__ = [

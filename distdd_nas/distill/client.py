@@ -36,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distdd_nas.distill.privacy import per_example_gradients, private_mean
 from distdd_nas.distill.server import GRAD_DTYPES
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation.engine import ClientData, ClientTask
 from distdd_nas.federation.message import Message
 from distdd_nas.federation.model_wire import model_from_message
-from distdd_nas.seeding import numpy_rng
+from distdd_nas.seeding import derive_seed, numpy_rng, torch_generator
 
 #: Rows per forward/backward when samples are independent: keeps activations in cache (the
 #: conv-1 output of 64 Fashion-MNIST images at width 32 is 8 MB; 256 images overflow a 32 MB L3).
@@ -136,8 +137,39 @@ def _class_gradients(client: ClientData, msg: Message, *, path: GradientPath) ->
         dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return Message(arrays={"counts": counts, "grads": np.zeros((0, dim), dtype=dtype)})
     images = client.dataset.images[torch.as_tensor(chosen)]
-    grads = per_class_gradients(model, images, segments, path=path)
+    clip = float(msg.config.get("dp_clip", 0.0))
+    if clip > 0:
+        grads = private_class_gradients(
+            model,
+            images,
+            segments,
+            clip=clip,
+            noise_multiplier=float(msg.config["dp_noise"]),
+            seed=derive_seed(int(msg.config["seed"]), "dp", client.cid),
+        )
+    else:
+        grads = per_class_gradients(model, images, segments, path=path)
     return Message(arrays={"counts": counts, "grads": grads.numpy().astype(dtype, copy=False)})
+
+
+def private_class_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    segments: Sequence[Segment],
+    *,
+    clip: float,
+    noise_multiplier: float,
+    seed: int,
+) -> torch.Tensor:
+    """Per-class rows like :func:`per_class_gradients`, each the differentially private mean
+    of the class's per-example gradients (clipped at ``clip``, Gaussian noise of std
+    ``noise_multiplier × clip`` on the sum; :mod:`distdd_nas.distill.privacy`)."""
+    rows = []
+    for seg in segments:
+        per = per_example_gradients(model, images[seg.start : seg.stop], seg.label)
+        gen = torch_generator(seed, seg.label)
+        rows.append(private_mean(per, clip=clip, noise_multiplier=noise_multiplier, generator=gen))
+    return torch.stack(rows)
 
 
 # --------------------------------------------------------------------------------------------

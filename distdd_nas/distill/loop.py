@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,9 +32,9 @@ from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset
 from distdd_nas.distill.census import ClassCensus, census
 from distdd_nas.distill.checkpoint import Checkpointer, DistillState
-from distdd_nas.distill.client import class_gradients, class_stats
 from distdd_nas.distill.evaluate import evaluate_synthetic
 from distdd_nas.distill.matching import get_distance
+from distdd_nas.distill.privacy import privacy_budget
 from distdd_nas.distill.result import DistilledSet, DistillResult
 from distdd_nas.distill.server import (
     INITS,
@@ -50,7 +49,7 @@ from distdd_nas.distill.server import (
     make_grad_fn,
     match_loss,
 )
-from distdd_nas.federation import ClientData, Engine, InProcessEngine, Message, select_clients
+from distdd_nas.federation import Engine, Message, select_clients
 from distdd_nas.federation.message import Scalar
 from distdd_nas.federation.quorum import DEFAULT_QUORUM, Quorum, deliver
 from distdd_nas.models import ArchSpec, build_model, get_parameters
@@ -90,6 +89,7 @@ class _Run:
     fraction: float
     grad_fn: GradFn | None
     quorum: Quorum
+    privacy: dict[str, float]
 
 
 def resolve_loops(settings: DistillSection) -> tuple[int, int]:
@@ -124,8 +124,7 @@ def run_distill(
         input_shape, num_classes: (C, H, W) of the images; classes (``ipc`` images each).
         settings: The ``[distill]`` section.
         seed: Root seed: initial images, every θ0, client batches and client selection.
-        fraction: Share of clients selected per matching step (``federation.fraction``).
-        compile: The inner loop through torch.compile (:func:`.server.make_grad_fn`).
+        fraction, compile: Clients selected per step; the inner loop through torch.compile.
         test: Server test set for accuracy checkpoints every ``settings.eval_every``.
         on_iteration: Called with each history row (progress bars).
         quorum: Replies a step needs before it is re-sent or skipped (images unchanged).
@@ -180,7 +179,8 @@ def run_distill(
             on_iteration(row)
     history = pd.DataFrame(rows).astype({"iteration": int, "steps": int, "rejected": int})
     synthetic = DistilledSet(images.detach().clone(), labels, num_classes)
-    return DistillResult(synthetic, history, state.counts, time.perf_counter() - start - eval_s)
+    wall = time.perf_counter() - start - eval_s
+    return DistillResult(synthetic, history, state.counts, wall, privacy=run.privacy)
 
 
 def _after(
@@ -274,6 +274,9 @@ def _start(
         fraction,
         make_grad_fn(probe, compiled=compile),
         quorum,
+        privacy_budget(
+            settings, info.counts, steps=settings.iterations * resolve_loops(settings)[0]
+        ),
     )
 
 
@@ -384,6 +387,9 @@ def _matching_step(
         "seed": derive_seed(run.seed, "distill", "step", step),
         "grad_dtype": settings.grad_dtype,
     }
+    if run.privacy:
+        config["dp_clip"] = run.privacy["dp_clip"]
+        config["dp_noise"] = run.privacy["dp_noise_multiplier"]
     asked = {cid: take[i] for i, cid in enumerate(selected) if take[i].any()}
     messages = {
         cid: Message(arrays={**params, "take": counts}, config=config)
@@ -432,17 +438,3 @@ def _history_row(
         "match_s": timer.match_s,
         "update_s": timer.update_s,
     }
-
-
-def centralized_engine(train: ImageDataset, indices: np.ndarray, **kwargs: Any) -> InProcessEngine:
-    """An engine with one client holding ``indices`` of ``train``: run_distill on it is
-    centralized DC (a reference for benchmarks and tests; it needs data that in DistDD
-    never leaves the clients, so label it as a reference). ``kwargs`` go to InProcessEngine."""
-    client = ClientData(
-        cid=0,
-        dataset=train,
-        train_indices=np.sort(np.asarray(indices)),
-        holdout_indices=np.zeros(0, dtype=np.int64),
-    )
-    tasks = {"class_gradients": class_gradients, "class_stats": class_stats}
-    return InProcessEngine(clients=[client], tasks=tasks, **kwargs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,7 @@ class DistillResult:
     history: pd.DataFrame
     client_class_counts: np.ndarray
     wall_s: float
+    privacy: dict[str, float] = field(default_factory=dict)  # noise, ε, δ when DP is on
 
     def __repr__(self) -> str:
         return (

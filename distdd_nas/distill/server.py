@@ -75,6 +75,21 @@ def check_settings(settings: DistillSection) -> None:
             )
     get_distance(settings.distance)
     make_aggregator(settings.aggregator)
+    if settings.dp_clip > 0 and settings.init == "client_mean":
+        raise ConfigError(
+            "distill.init=client_mean sends per-class pixel sums outside the privacy budget; "
+            'use distill.init = "noise" with distill.dp_clip'
+        )
+    if settings.dp_clip > 0 and not (settings.dp_noise_multiplier or settings.dp_target_epsilon):
+        raise ConfigError(
+            "distill.dp_clip without noise gives no privacy (ε = ∞); set "
+            "distill.dp_noise_multiplier or distill.dp_target_epsilon"
+        )
+    if settings.dp_clip == 0 and (settings.dp_noise_multiplier or settings.dp_target_epsilon):
+        raise ConfigError(
+            "distill.dp_noise_multiplier / dp_target_epsilon need distill.dp_clip > 0 "
+            "(the per-example clipping norm)"
+        )
     for key in ("ipc", "iterations", "batch_real", "batch_syn"):
         if int(getattr(settings, key)) < 1:
             raise ConfigError(f"distill.{key}={getattr(settings, key)} must be >= 1")

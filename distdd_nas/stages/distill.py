@@ -141,6 +141,7 @@ def _write_distilled(
         "wall_s": result.wall_s,
         "bytes_up": ledger.bytes_up,
         "bytes_down": ledger.bytes_down,
+        **result.privacy,
     }
     like = study.federation.train
     with stage(path, fingerprint=fp, meta=meta) as w:
@@ -172,6 +173,7 @@ def run_distill_stage(
             "bytes_up": int(manifest.get("bytes_up", 0)),
             "bytes_down": int(manifest.get("bytes_down", 0)),
             "distill_wall_s": float(manifest.get("wall_s", 0.0)),
+            **{k: v for k, v in manifest.items() if k.startswith("dp_")},
             "cache_hit": hit,
             "artifact": str(cached),
             "fingerprint": fp,

@@ -110,6 +110,7 @@ def flower_distill(run: ServerRun) -> dict[str, Any]:
         "client_class_counts": result.client_class_counts,
         "history": result.history.to_dict(orient="list"),
         "wall_s": result.wall_s,
+        "privacy": result.privacy,
     }
 
 
@@ -162,6 +163,7 @@ def on_configured_engine(
             pd.DataFrame(out.result["history"]),
             np.asarray(out.arrays["client_class_counts"]),
             float(out.result["wall_s"]),
+            privacy=dict(out.result.get("privacy", {})),
         ), out.ledger
     return FedAvgResult(
         parameters={k.removeprefix("param/"): v for k, v in out.arrays.items()},
