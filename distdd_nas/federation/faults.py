@@ -94,7 +94,7 @@ class Faults:
         return frozenset(int(c) for c in order[:k])
 
     def wrap(self, tasks: Mapping[str, ClientTask], *, num_clients: int) -> dict[str, ClientTask]:
-        """``tasks`` with the faults injected (the same mapping back when there are none)."""
+        """``tasks`` with the faults injected (a plain copy when there are none)."""
         if not self.active:
             return dict(tasks)
         liars = self.byzantine_clients(num_clients)
