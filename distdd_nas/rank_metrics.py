@@ -8,6 +8,7 @@ intervals). Higher is better for both inputs; ties in a ranking go to the earlie
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,26 +29,27 @@ def _pair(proxy: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def kendall_tau(proxy: Any, federated: Any) -> float:
-    """Kendall's τ-b between proxy scores and FedAvg accuracies (NaN with < 2 points or a
-    constant input)."""
+def _correlation(test: Callable[..., Any], proxy: Any, federated: Any) -> float:
+    """``test(x, y).statistic`` on the paired inputs; NaN with < 2 points or a constant input
+    (scipy warns and returns NaN there; the warning is silenced)."""
     x, y = _pair(proxy, federated)
     if len(x) < 2:
         return float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(stats.kendalltau(x, y).statistic)
+        return float(test(x, y).statistic)
+
+
+def kendall_tau(proxy: Any, federated: Any) -> float:
+    """Kendall's τ-b between proxy scores and FedAvg accuracies (NaN with < 2 points or a
+    constant input)."""
+    return _correlation(stats.kendalltau, proxy, federated)
 
 
 def spearman_rho(proxy: Any, federated: Any) -> float:
     """Spearman's ρ between proxy scores and FedAvg accuracies (NaN with < 2 points or a
     constant input)."""
-    x, y = _pair(proxy, federated)
-    if len(x) < 2:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(x, y).statistic)
+    return _correlation(stats.spearmanr, proxy, federated)
 
 
 def top1_regret(proxy: Any, federated: Any) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,14 @@ def _flower_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPa
 def smoke_config() -> StudyConfig:
     """The smoke study as shipped."""
     return load_config(SMOKE)
+
+
+def patched_cli(patch: str) -> list[str]:
+    """The argv prefix of a fresh interpreter that runs ``patch`` (test code that wraps one
+    function, e.g. to SIGKILL the process at a chosen point), then the CLI with the rest of
+    the arguments."""
+    cli = "import sys\nfrom distdd_nas.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", patch + "\n" + cli]
 
 
 def smoke(*overrides: str) -> StudyConfig:

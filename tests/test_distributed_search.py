@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -17,7 +16,7 @@ import pytest
 
 from distdd_nas.cli import main
 from distdd_nas.search.backends.optuna_storage import make_storage
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, patched_cli
 from tests.servers import postgres_server
 
 FAST = [
@@ -50,8 +49,6 @@ def run_trial_then_wait(self, fn, trial):
         time.sleep(0.05)
     return state
 OptunaBackend._run_trial = run_trial_then_wait
-from distdd_nas.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -66,9 +63,7 @@ def run_workers(tmp: Path, storage: str, workers: int, n_trials: int) -> optuna.
     procs = [
         subprocess.Popen(
             [
-                sys.executable,
-                "-c",
-                BARRIER_AFTER_FIRST_TRIAL,
+                *patched_cli(BARRIER_AFTER_FIRST_TRIAL),
                 "search",
                 str(SMOKE),
                 "--out",

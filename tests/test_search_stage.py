@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 
 from distdd_nas.cli import main
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, patched_cli
 
 FAST = [
     "--set",
@@ -152,8 +151,6 @@ def killing_run_trial(self, fn, trial):
         os.kill(os.getpid(), signal.SIGKILL)
     return run_trial(self, fn, trial)
 OptunaBackend._run_trial = killing_run_trial
-from distdd_nas.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -179,7 +176,7 @@ def test_killed_search_resumes_without_losing_trials(tmp_path: Path) -> None:
     # storage from here (a fast machine finishes all six trials between two polls). The third
     # trial is left RUNNING in the storage, as after a real kill -9.
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_AT_THIRD_TRIAL, *args],
+        [*patched_cli(KILL_AT_THIRD_TRIAL), *args],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -255,8 +252,6 @@ def recording_run_fedavg(engine, *, arch, **kwargs):
         fh.write(arch.short_name() + "\\n")
     return run_fedavg(engine, arch=arch, **kwargs)
 validate.run_fedavg = recording_run_fedavg
-from distdd_nas.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -279,19 +274,14 @@ def test_run_killed_during_validation_trains_no_candidate_twice(tmp_path: Path) 
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINED": str(log)}
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_AT_SECOND_VALIDATION, *args],
-        env=env,
-        capture_output=True,
-        timeout=300,
+        [*patched_cli(KILL_AT_SECOND_VALIDATION), *args], env=env, capture_output=True, timeout=300
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     first = log.read_text().split()
     assert len(first) == 1  # one candidate finished before the kill (its start was logged)
     # the rerun, recorded the same way but never killed
     rerun = KILL_AT_SECOND_VALIDATION.replace("len(trained) == 2", "False")
-    proc = subprocess.run(
-        [sys.executable, "-c", rerun, *args], env=env, capture_output=True, timeout=300
-    )
+    proc = subprocess.run([*patched_cli(rerun), *args], env=env, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     second = log.read_text().split()[1:]
     assert len(second) == 2 and first[0] not in second, "the finished candidate is not retrained"

@@ -33,10 +33,10 @@ def run_report_stage(study: Study, out: Path, *, cache: Path) -> StageOutcome:
     for name in ("search", "validate"):
         if not is_complete(out / name):
             raise ArtifactError(f"{out / name} is not complete; run 'distdd-nas {name}' first")
-        verify(out / name)
     cached = distilled_dir(study, cache)
     distill = load_json(out / "distill" / "summary.json") if is_complete(out / "distill") else {}
-    trials = read_trials(out, config)  # made under this study's search settings
+    verify(out / "validate")
+    trials = read_trials(out, config)  # verified, and made under this study's search settings
     validation = pd.read_csv(out / "validate" / "validation.csv")
     ranking = pd.read_csv(out / "validate" / "ranking.csv")
     search = load_json(out / "search" / "summary.json")

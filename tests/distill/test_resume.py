@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from distdd_nas.cli import main
-from tests.conftest import REPO, SMOKE
+from tests.conftest import REPO, SMOKE, patched_cli
 
 ARGS = [
     "--set",
@@ -33,8 +32,6 @@ def killing_save(self, state):
     if len(saves) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
 FileCheckpointer.save = killing_save
-from distdd_nas.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -49,9 +46,7 @@ def test_killed_distillation_resumes_to_identical_bytes(tmp_path: Path) -> None:
     assert main([*argv, "--out", str(whole / "run"), "--cache", str(whole / "cache")]) == 0
     proc = subprocess.run(
         [
-            sys.executable,
-            "-c",
-            KILL_AFTER_SECOND_SAVE,
+            *patched_cli(KILL_AFTER_SECOND_SAVE),
             *argv,
             "--out",
             str(killed / "run"),

@@ -6,7 +6,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from distdd_nas.errors import ArtifactError, ConfigError
 from distdd_nas.evidence.groundtruth import CURVE_COLUMNS, sample_candidates
 from distdd_nas.stages.groundtruth import seed_vs_seed_tau
 from distdd_nas.study import Study
-from tests.conftest import REPO, SMOKE, smoke
+from tests.conftest import REPO, SMOKE, patched_cli, smoke
 
 GT = ["--set", "groundtruth.candidates=3", "--set", "groundtruth.rounds=2"]
 
@@ -128,8 +127,6 @@ def killing_train_unit(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return train_unit(*args, **kwargs)
 groundtruth.train_unit = killing_train_unit
-from distdd_nas.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -149,7 +146,7 @@ def test_killed_groundtruth_resumes_to_the_same_table(tmp_path: Path) -> None:
     # The process SIGKILLs itself as it starts its second unit, so exactly one unit is on disk
     # (polling the file from here raced a fast machine).
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_AT_SECOND_UNIT, "--threads", "1", *args, "--out", str(killed)],
+        [*patched_cli(KILL_AT_SECOND_UNIT), "--threads", "1", *args, "--out", str(killed)],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
