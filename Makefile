@@ -9,23 +9,39 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
-.PHONY: setup data test lint typecheck pytest demo bench groundtruth evidence clean
+.PHONY: setup data demo-data test lint typecheck docs pytest demo bench groundtruth evidence clean
 
 setup: $(STAMP) data
 
+# The full set-up (tests, Flower, NNI, PostgreSQL driver) ...
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# Fashion-MNIST (Debian's dataset-fashion-mnist) and PostgreSQL (server tests), where apt exists.
-data:
-	@if [ ! -f $(FMNIST) ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+# ... and the demo's: the package and its required dependencies only.
+BASE_STAMP := $(VENV)/.installed-base
+$(BASE_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(BASE_STAMP)
+
+# apt packages where apt exists and we are root: $(1) = what is missing, $(2) = packages.
+define apt_install
+	@if $(1); then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      dataset-fashion-mnist postgresql >/dev/null) || echo "warning: apt-get failed; tests needing Fashion-MNIST/PostgreSQL will skip"; \
-	  else echo "note: no apt-get as root; install dataset-fashion-mnist and postgresql yourself"; fi; \
+	      $(2) >/dev/null) || echo "warning: apt-get install $(2) failed; what needs it will skip"; \
+	  else echo "note: no apt-get as root; install $(2) yourself"; fi; \
 	fi
+endef
+
+# Fashion-MNIST (Debian's dataset-fashion-mnist) and PostgreSQL (server tests only).
+data:
+	$(call apt_install,[ ! -f $(FMNIST) ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1,dataset-fashion-mnist postgresql)
+
+demo-data:
+	$(call apt_install,[ ! -f $(FMNIST) ],dataset-fashion-mnist)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check distdd_nas tests bench
@@ -35,12 +51,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy distdd_nas
 
+# API documentation from the docstrings (pdoc): the package page and its public modules; the
+# other modules re-export lazily through __all__, which pdoc cannot follow. Fails on a pdoc
+# warning (dependencies' DeprecationWarnings ignored, as in pytest).
+DOC_MODULES := api|config|errors|resources
+docs: $(STAMP)
+	rm -rf build/docs
+	$(PY) -W error -W ignore::DeprecationWarning -m pdoc --docformat google -o build/docs \
+	  distdd_nas '!distdd_nas\.(?!($(DOC_MODULES))$$)'
+
 pytest: setup
 	$(PY) -m pytest
 
-test: setup lint typecheck pytest
+test: setup lint typecheck docs pytest
 
-demo: setup
+demo: $(BASE_STAMP) demo-data
 	$(VENV)/bin/distdd-nas run studies/quickstart.toml
 
 bench: setup

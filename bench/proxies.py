@@ -28,11 +28,12 @@ it for every listed candidate (curves complete or not) and prints no statistics.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,38 @@ def cache_key(study: Study, distilled: Path, epochs: int, epochs_long: int) -> s
     return fingerprint(config, (), extra=parts)
 
 
+@contextlib.contextmanager
+def proxy_scorer(study: Study, distilled: Path) -> Iterator[tuple[Study, Any]]:
+    """(the study, the search's scorer on ``distilled``), the scorer's engine closed after use;
+    always the Optuna backend's scorer (the same scoring; NNI would write trial files)."""
+    config = study.config
+    if config.search.backend != "optuna":
+        config = config.model_copy(
+            update={"search": config.search.model_copy(update={"backend": "optuna"})}
+        )
+        study = Study(config)
+    objective = make_objective(study, distilled, Path("unused"))
+    assert isinstance(objective, ProxyObjective)
+    try:
+        yield study, objective.scorer
+    finally:
+        if objective.scorer.engine is not None:
+            objective.scorer.engine.close()
+
+
+def distdd_scores(
+    scorer: Any, candidates: list[Candidate], ids: list[str], *, epochs: int, cache: ScoreCache
+) -> ProxyScores:
+    """The DistDD proxy (the search's scoring on the distilled set, ``epochs`` epochs) of every
+    candidate, from ``cache`` or computed for those it lacks."""
+    name = f"distdd_e{epochs}"
+    return cache.get(
+        name,
+        ids,
+        lambda p: distilled_proxy([candidates[i] for i in p], scorer, epochs=epochs, name=name),
+    )
+
+
 def server_side_proxies(
     study: Study,
     candidates: list[Candidate],
@@ -218,27 +251,16 @@ def server_side_proxies(
 ) -> list[tuple[str, ProxyScores]]:
     """The proxies computed on the server's side (DistDD proxy at two budgets, the random real
     reference, NASWOT), each read from ``cache`` or computed for the candidates it lacks."""
-    config, seed = study.config, study.config.study.seed
-    if config.search.backend != "optuna":  # the scorer is the same; NNI would write files
-        config = config.model_copy(
-            update={"search": config.search.model_copy(update={"backend": "optuna"})}
-        )
-        study = Study(config)
-    objective = make_objective(study, distilled, Path("unused"))
-    assert isinstance(objective, ProxyObjective)
-    scorer, fed = objective.scorer, study.federation
+    seed = study.config.study.seed
     out: list[tuple[str, ProxyScores]] = []
 
     def pick(positions: list[int]) -> list[Candidate]:
         return [candidates[i] for i in positions]
 
-    try:
+    with proxy_scorer(study, distilled) as (study, scorer):
+        fed = study.federation
         for e in dict.fromkeys((epochs, epochs_long)):  # once when they are equal
-            scores = cache.get(
-                f"distdd_e{e}",
-                ids,
-                lambda p, e=e: distilled_proxy(pick(p), scorer, epochs=e, name=f"distdd_e{e}"),
-            )
+            scores = distdd_scores(scorer, candidates, ids, epochs=e, cache=cache)
             out.append((f"DistDD proxy, {e} epochs", scores))
         real = cache.get(
             f"random_real_e{epochs}",
@@ -248,16 +270,13 @@ def server_side_proxies(
                 scorer,
                 train=fed.train,
                 pool=np.concatenate(fed.split.client_indices),
-                ipc=config.distill.ipc,
+                ipc=study.config.distill.ipc,
                 seed=derive_seed(seed, "evidence", "random_real"),
                 epochs=epochs,
                 name=f"random_real_e{epochs}",
             ),
         )
         out.append((f"random real subset, {epochs} epochs (centralized reference)", real))
-    finally:
-        if scorer.engine is not None:
-            scorer.engine.close()
     images = load_distilled(distilled).images
     nas = cache.get("naswot", ids, lambda p: naswot(pick(p), images, like=fed.train, seed=seed))
     out.append(("NASWOT at init (distilled set)", nas))

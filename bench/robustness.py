@@ -31,7 +31,8 @@ import datetime
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,8 @@ import pandas as pd
 import torch
 
 from distdd_nas.artifacts import AppendTable, write_atomic
-from distdd_nas.config import fingerprint, load_config
-from distdd_nas.distill import evaluate_synthetic
+from distdd_nas.config import StudyConfig, fingerprint, load_config
+from distdd_nas.distill import DistilledSet, evaluate_synthetic
 from distdd_nas.errors import DistddError
 from distdd_nas.seeding import derive_seed
 from distdd_nas.stages.on_engine import on_configured_engine
@@ -105,6 +106,56 @@ def conditions() -> list[tuple[str, str, tuple[str, ...]]]:
     return out
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One measurement of a resumable bench: the values of its naming columns (``labels``) and
+    the study configuration it runs."""
+
+    labels: Mapping[str, str]
+    config: StudyConfig
+
+
+def run_units(
+    units: Sequence[Unit],
+    *,
+    table: AppendTable,
+    threads: int,
+    measure: Callable[[Unit], dict[str, float]],
+    report: Callable[[Unit, dict[str, float], pd.DataFrame], None],
+) -> pd.DataFrame:
+    """Measure every unit not in ``table`` yet and append its row (labels, measured values,
+    ``fingerprint`` of its configuration and ``threads``) as soon as it is done, then call
+    ``report`` with the unit, its values and the whole table. A unit counts as done when a row
+    has its fingerprint and labels, so a killed bench re-run continues where it stopped (and a
+    changed configuration is measured again). Returns the table."""
+    for unit in units:
+        fp = fingerprint(unit.config, extra={"threads": threads})
+        done = table.read()
+        same = done["fingerprint"] == fp
+        for column, value in unit.labels.items():
+            same &= done[column].astype(str) == value
+        if same.any():
+            continue
+        row = measure(unit)
+        table.append(pd.DataFrame([{**unit.labels, **row, "fingerprint": fp}]))
+        report(unit, row, table.read())
+    return table.read()
+
+
+def evaluate_set(study: Study, synthetic: DistilledSet) -> tuple[float, float]:
+    """DC's evaluation of a distilled set as the distill stage runs it (``distill.eval``
+    networks × epochs, the stage's seed): mean and std test accuracy."""
+    acc, std, _ = evaluate_synthetic(
+        synthetic.images,
+        synthetic.labels,
+        arch=study.reference,
+        test=study.federation.test,
+        settings=study.config.distill.eval,
+        seed=derive_seed(study.config.study.seed, "eval", "synthetic"),
+    )
+    return float(acc), float(std)
+
+
 def run_unit(study: Study, algorithm: str) -> dict[str, float]:
     """One measured cell: accuracy (mean and std over DC's networks for ``distill``), replies
     rejected as non-finite, skipped rounds, bytes and seconds."""
@@ -112,14 +163,7 @@ def run_unit(study: Study, algorithm: str) -> dict[str, float]:
     result, ledger = on_configured_engine(study, algorithm)  # type: ignore[arg-type]
     h = result.history
     if algorithm == "distill":
-        acc, std, _ = evaluate_synthetic(
-            result.synthetic.images,
-            result.synthetic.labels,
-            arch=study.reference,
-            test=study.federation.test,
-            settings=study.config.distill.eval,
-            seed=derive_seed(study.config.study.seed, "eval", "synthetic"),
-        )
+        acc, std = evaluate_set(study, result.synthetic)
     else:
         acc, std = result.test_accuracy, float("nan")
     return {
@@ -195,36 +239,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"<!-- {datetime.date.today()}: python bench/robustness.py "
         f"{shlex.join(sys.argv[1:] if argv is None else argv)} -->\n"
     )
-    for fault, agg, config in todo:
-        fp = fingerprint(config, extra={"threads": args.threads})
-        for algorithm in ("distill", "fedavg"):
-            done = table.read()
-            if ((done["fingerprint"] == fp) & (done["algorithm"] == algorithm)).any():
-                continue
-            row = run_unit(Study(config), algorithm)
-            table.append(
-                pd.DataFrame(
-                    [
-                        {
-                            "fault": fault,
-                            "aggregator": agg,
-                            "algorithm": algorithm,
-                            **row,
-                            "fingerprint": fp,
-                        }
-                    ]
-                )
-            )
-            print(
-                f"{fault:18s} {agg:14s} {algorithm:8s} {100 * row['accuracy']:.1f} %"
-                f" ({row['wall_s']:.0f} s)",
-                flush=True,
-            )
-            units = table.read()
-            write_atomic(args.out / "robustness.md", header + render(units))
-    units = table.read()
-    print(render(units))
-    print(f"units: {len(units)}; median seconds per unit: {np.median(units['wall_s']):.0f}")
+    units = [
+        Unit({"fault": fault, "aggregator": agg, "algorithm": algorithm}, config)
+        for fault, agg, config in todo
+        for algorithm in ("distill", "fedavg")
+    ]
+
+    def report(unit: Unit, row: dict[str, float], done: pd.DataFrame) -> None:
+        name = unit.labels
+        print(
+            f"{name['fault']:18s} {name['aggregator']:14s} {name['algorithm']:8s} "
+            f"{100 * row['accuracy']:.1f} % ({row['wall_s']:.0f} s)",
+            flush=True,
+        )
+        write_atomic(args.out / "robustness.md", header + render(done))
+
+    done = run_units(
+        units,
+        table=table,
+        threads=args.threads,
+        measure=lambda u: run_unit(Study(u.config), u.labels["algorithm"]),
+        report=report,
+    )
+    print(render(done))
+    print(f"units: {len(done)}; median seconds per unit: {np.median(done['wall_s']):.0f}")
     return 0
 
 

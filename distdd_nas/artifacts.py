@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import time
@@ -78,8 +79,7 @@ class StageWriter:
         return target
 
     def json(self, name: str, data: Any) -> None:
-        text = json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n"
-        self.file(name).write_text(text, encoding="utf-8")
+        self.file(name).write_text(dumps_json(data), encoding="utf-8")
 
     def csv(self, name: str, frame: pd.DataFrame) -> None:
         frame.to_csv(self.file(name), index=False)
@@ -87,6 +87,32 @@ class StageWriter:
     def npz(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
         with self.file(name).open("wb") as fh:
             np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
+
+
+def strict(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±Infinity) replaced by ``None``, recursively:
+    JSON has no such numbers, and strict parsers (``jq``, browsers, Go, Rust) reject Python's
+    ``NaN``/``Infinity`` tokens. A reader sees ``null``: "not defined" (a τ over one
+    candidate) or "never" (a break-even that does not exist)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray) or hasattr(value, "detach"):
+        value = json_default(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
+def dumps_json(data: Any) -> str:
+    """Strict JSON text of an artifact (sorted keys, indented, non-finite floats as null)."""
+    text = json.dumps(
+        strict(data), indent=2, sort_keys=True, default=json_default, allow_nan=False
+    )
+    return text + "\n"
 
 
 def json_default(value: Any) -> Any:

@@ -13,20 +13,29 @@ the library.
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from distdd_nas.config import StudyConfig, load_config
+from distdd_nas.console import Console, duration, route_logging, stage_note
 from distdd_nas.errors import DistddError
 
 if TYPE_CHECKING:
     from distdd_nas.study import Study
 
 PROG = "distdd-nas"
+
+#: Threads when neither ``--threads`` nor :data:`THREADS_ENV` says: 1, because these
+#: workloads (small CNNs, small batches) gain little from more, a shared machine loses 5-13x
+#: when torch's pools oversubscribe the cores, and the count must not depend on load (it is
+#: part of a distilled set's cache key).
+DEFAULT_THREADS = 1
+THREADS_ENV = "DISTDD_NAS_THREADS"
 
 #: Where an unexpected error should be reported when the installed package names no tracker.
 DEFAULT_TRACKER = "the project's issue tracker"
@@ -37,26 +46,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROG}: error: {message}; see '{self.prog} --help'\n")
-
-
-def _progress(desc: str) -> Any:
-    """A tqdm-backed progress callback (hidden when stderr is not a terminal)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=desc, unit="step", disable=None, leave=False, dynamic_ncols=True)
-
-    def update(done: int, total: int, info: dict[str, float]) -> None:
-        bar.total = total
-        bar.n = done
-        shown = {k: f"{v:.4g}" for k, v in info.items() if k in _SHOWN}
-        bar.set_postfix(shown, refresh=False)
-        bar.refresh()
-
-    update.close = bar.close  # type: ignore[attr-defined]
-    return update
-
-
-_SHOWN = ("test_accuracy", "match_loss", "train_loss", "value", "best")
 
 
 def _load(args: argparse.Namespace) -> tuple[StudyConfig, Path]:
@@ -101,14 +90,11 @@ def _staged(
         kwargs: dict[str, Any] = {"cache": Path(args.cache)} if cache else {}
         if getattr(args, "shard", None) is not None:
             kwargs["shard"] = args.shard
-        progress = _progress(name) if bar else None
-        if progress is not None:
-            kwargs["progress"] = progress
-        try:
-            outcome = fn(study, out, **kwargs)
-        finally:
-            if progress is not None:
-                progress.close()
+        if bar:
+            kwargs["progress"] = args.console
+        start = time.perf_counter()
+        outcome = fn(study, out, **kwargs)
+        args.console.stage_done(name, time.perf_counter() - start, stage_note(name, outcome))
         _print_summary(name, outcome.summary, keys, outcome.path)
 
     return command
@@ -223,17 +209,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     from distdd_nas.pipeline import run_all
 
     study, out = _prepare(args, cache=True)
-    bars: list[Any] = []
+    console = args.console
+    times: list[tuple[str, float]] = []
 
-    def progress(name: str) -> Any:
-        bars.append(_progress(name))
-        return bars[-1]
+    def on_stage(name: str, outcome: Any, seconds: float) -> None:
+        times.append((name, seconds))
+        console.stage_done(name, seconds, stage_note(name, outcome))
 
-    try:
-        outcome = run_all(study, out, cache=Path(args.cache), progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
+    outcome = run_all(study, out, cache=Path(args.cache), progress=console, on_stage=on_stage)
+    console.line(
+        "stage times: "
+        + ", ".join(f"{n} {duration(t)}" for n, t in times)
+        + f"; total {duration(sum(t for _, t in times))}"
+    )
     _print_summary(
         "report",
         outcome.summary,
@@ -280,7 +268,11 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _add_study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="study file, e.g. studies/smoke.toml")
+    p.add_argument(
+        "study",
+        help="study file, or a shipped study by name from any directory: e.g. "
+        "studies/smoke.toml, smoke",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -311,21 +303,32 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
 }
 
 
+def _add_common_args(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``-v`` and ``--threads``, accepted before or after the subcommand (the subcommand's
+    copies have no default, so they only override what was given before it)."""
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details", **unset)
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=f"torch threads (default: ${THREADS_ENV} or {DEFAULT_THREADS}: on a shared "
+        "machine more threads than free cores make torch's pools spin, 5-13x slower; "
+        "raise it on a dedicated machine; it is part of a distilled set's cache key, "
+        "since float rounding depends on it)",
+        **({"default": None} if defaults else unset),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="DistDD-based architecture search for federated learning"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="torch intra-op threads (default: torch's; 1 is fastest for small "
-        "models or when other jobs share the CPU)",
-    )
+    _add_common_args(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_common_args(p, defaults=False)
         _add_study_args(p)
         p.set_defaults(func=fn)
         if name == "groundtruth":
@@ -340,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="summarise a run directory",
         description="summarise a run directory: stages, completion, key figures",
     )
+    _add_common_args(p, defaults=False)
     p.add_argument("dir", help="run directory, e.g. runs/smoke")
     p.set_defaults(func=cmd_inspect)
     return parser
@@ -351,23 +355,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # --help (0) or an argument error (2, already printed)
         return int(stop.code or 0)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"{PROG}: error: --threads must be >= 1 (got {args.threads})", file=sys.stderr)
-            return 2
-        import torch
+    threads = _threads(args.threads)
+    if threads is None:
+        return 2
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
+    args.console = Console()
+    route_logging(args.console, verbose=args.verbose)
     try:
         args.func(args)
     except DistddError as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        args.console.close()
         print(
             f"{PROG}: interrupted; completed stages are kept, re-run to continue", file=sys.stderr
         )
@@ -382,6 +384,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     return 0
+
+
+def _threads(given: int | None) -> int | None:
+    """The thread count: ``--threads``, else ``$DISTDD_NAS_THREADS``, else
+    :data:`DEFAULT_THREADS`; None (after printing one line) when it is not an integer >= 1."""
+    text = str(given) if given is not None else os.environ.get(THREADS_ENV, "")
+    if not text:
+        return DEFAULT_THREADS
+    where = "--threads" if given is not None else f"${THREADS_ENV}"
+    if not text.strip().isdigit() or int(text) < 1:
+        print(f"{PROG}: error: {where} must be an integer >= 1 (got {text!r})", file=sys.stderr)
+        return None
+    return int(text)
 
 
 def _one_line(err: BaseException, limit: int = 400) -> str:

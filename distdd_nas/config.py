@@ -23,12 +23,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from distdd_nas.errors import ConfigError
+from distdd_nas.resources import STUDIES, resolve_study, shipped_names
 
 #: An aggregator by name (``"median"``) or as a table with options
 #: (``{ name = "trimmed_mean", trim = 0.2 }``); checked against the registry in
@@ -97,14 +100,22 @@ class DataSection(Section):
 
 
 class PartitionSection(Section):
-    """How the training set is spread over clients (non-iid is first-class)."""
+    """How the training set is spread over clients (non-iid is first-class); ``library``:
+    whose partitioners split (hand-written, or Flower Datasets' for iid/dirichlet/shards)."""
 
     method: Literal["iid", "dirichlet", "shards", "quantity"] = "dirichlet"
+    library: Literal["distdd", "flwr_datasets"] = "distdd"
     num_clients: int = Field(default=10, ge=1)
     alpha: float = Field(default=0.5, gt=0.0, le=MAX_ALPHA)
     min_size: int = Field(default=10, ge=1)
     classes_per_client: int = Field(default=2, ge=1)
     holdout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_library(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump ``library`` only off its default: fingerprints made before it stay valid."""
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if k != "library" or v != "distdd"}
 
 
 class NoiseSection(Section):
@@ -141,6 +152,8 @@ class FederationSection(Section):
     min_replies: int = Field(default=1, ge=1)
     round_retries: int = Field(default=2, ge=0)
     flower_backend: Literal["simulation", "deployment"] = "simulation"
+    # Deployment runtime: TLS + SuperNode authentication (false: --insecure, loopback tests only)
+    flower_secure: bool = True
 
 
 class FedAvgSection(Section):
@@ -195,7 +208,10 @@ class DistillSection(Section):
     dp_noise_multiplier: float = Field(default=0.0, ge=0.0)
     dp_target_epsilon: float | None = Field(default=None, gt=0.0)
     dp_delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
-    grad_dtype: Literal["float32", "float16"] = "float32"
+    grad_dtype: Literal["float32", "float16", "int8", "int4", "int2"] = "float32"
+    # distill/codec.py; dumped only off their defaults, so earlier fingerprints stay valid
+    grad_topk: float = Field(default=1.0, gt=0.0, le=1.0, exclude_if=lambda v: v == 1.0)
+    seed_broadcast: bool = Field(default=False, exclude_if=lambda v: not v)
     aggregator: AggregatorChoice = "mean"
     eval_every: int = Field(default=0, ge=0)  # accuracy checkpoints every N iterations (0: none)
     eval: EvalSection = EvalSection()
@@ -236,7 +252,8 @@ class SearchSection(Section):
 
 
 class ValidateSection(Section):
-    """Real FedAvg on the top-k proxy candidates plus seeded random controls.
+    """Real FedAvg on the top-k proxy candidates plus seeded random controls, and (``reference``)
+    the study's reference configuration, so the report says whether the search beat it.
 
     ``rounds`` overrides ``fedavg.rounds`` for the validation runs (None: the same rounds). The
     report prices a FedAvg-based search at the same rounds: the accuracies the ranking is judged
@@ -246,6 +263,7 @@ class ValidateSection(Section):
     top_k: int = Field(default=5, ge=1)
     n_random: int = Field(default=3, ge=0)
     rounds: int | None = Field(default=None, ge=1)  # FedAvg rounds per candidate (fedavg.rounds)
+    reference: bool = True  # also train the study's reference configuration (the baseline)
 
 
 class GroundTruthSection(Section):
@@ -354,20 +372,26 @@ def from_dict(data: Mapping[str, Any], *, source: str = "config") -> StudyConfig
         ) from None
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
-    """Read a study TOML, apply ``--set`` overrides, validate.
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, values: Mapping[str, Any] | None = None
+) -> StudyConfig:
+    """Read a study TOML (a path or a shipped study's name: :mod:`distdd_nas.resources`), apply
+    ``--set`` overrides, then ``values`` (same keys, Python values: ``{"fedavg.rounds": 3}``).
 
-    A study may start with ``extends = "other.toml"`` (a path relative to its own file): the
-    other study is read first and this file's keys override it, section by section and key by
-    key. Studies that must share a budget (the fidelity comparisons) say so by construction.
-    The study name defaults to the file's stem when the file does not set ``study.name``.
+    A study may start with ``extends = "other.toml"`` (a path relative to its own file, else a
+    shipped study): the other study is read first and this file's keys override it, section by
+    section and key by key. Studies that must share a budget (the fidelity comparisons) say so
+    by construction. The study name defaults to the file's stem unless ``study.name`` is set.
     """
-    path = Path(path)
+    path = resolve_study(path)
     tree = _read_study(path, seen=())
     tree.setdefault("study", {}).setdefault("name", path.stem)
     for text in overrides:
-        keys, value = parse_override(text)
-        _apply(tree, keys, value)
+        _apply(tree, *parse_override(text))
+    for key, value in (values or {}).items():
+        if not key or not all(key.split(".")):
+            raise ConfigError(f"bad override key {key!r}; write section.key, e.g. fedavg.rounds")
+        _apply(tree, key.split("."), value)
     return from_dict(tree, source=str(path))
 
 
@@ -379,8 +403,9 @@ def _read_study(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
         found = False
     if not found:
         hint = f" (named by 'extends' in {seen[-1]})" if seen else ""
+        shipped = ", ".join(shipped_names(STUDIES))
         raise ConfigError(
-            f"study file {str(path)!r} not found{hint}; pass a path such as studies/smoke.toml"
+            f"study file {str(path)!r} not found{hint}; pass a path or a shipped study: {shipped}"
         )
     if path.resolve() in seen:
         chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
@@ -399,7 +424,7 @@ def _read_study(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
         return tree
     if not isinstance(base, str):
         raise ConfigError(f"{path}: extends must be a file name string, got {base!r}")
-    parent = _read_study(path.parent / base, seen=(*seen, path.resolve()))
+    parent = _read_study(resolve_study(base, folder=path.parent), seen=(*seen, path.resolve()))
     parent.get("study", {}).pop("name", None)  # a derived study is named after its own file
     return _merge(parent, tree)
 

@@ -17,6 +17,7 @@ noises the data once. Layout of a run directory::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,13 @@ def run_all(
     out: Path,
     *,
     cache: Path,
-    progress: Callable[[str], Progress | None] | None = None,
+    progress: Progress | None = None,
+    on_stage: Callable[[str, StageOutcome, float], None] | None = None,
 ) -> StageOutcome:
     """distill (cached) → search (resumed) → validate (reused when done) → report.
+
+    ``progress`` follows every stage's tasks; ``on_stage(name, outcome, seconds)`` is called
+    as each stage finishes (the CLI prints one line per stage from it).
 
     Raises:
         ConfigError: ``search.objective = "fedavg"``: the FedAvg-based search is a baseline with
@@ -52,11 +57,20 @@ def run_all(
             "search.objective=fedavg is the FedAvg-based baseline search: there is nothing to "
             "distil or validate; run 'distdd-nas search' with it instead of 'run'"
         )
-    bar = progress or (lambda _name: None)
-    run_distill_stage(study, out, cache=cache, progress=bar("distill"))
-    run_search_stage(study, out, cache=cache, progress=bar("search"))
-    run_validate_stage(study, out, progress=bar("validate"))
-    return run_report_stage(study, out, cache=cache)
+    steps: list[tuple[str, Callable[[], StageOutcome]]] = [
+        ("distill", lambda: run_distill_stage(study, out, cache=cache, progress=progress)),
+        ("search", lambda: run_search_stage(study, out, cache=cache, progress=progress)),
+        ("validate", lambda: run_validate_stage(study, out, progress=progress)),
+        ("report", lambda: run_report_stage(study, out, cache=cache)),
+    ]
+    outcome: StageOutcome | None = None
+    for name, step in steps:
+        start = time.perf_counter()
+        outcome = step()
+        if on_stage is not None:
+            on_stage(name, outcome, time.perf_counter() - start)
+    assert outcome is not None
+    return outcome
 
 
 def inspect_run(out: Path) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from distdd_nas.federation import ClientData, ClientTask, Engine, InProcessEngin
 from distdd_nas.federation.faults import Faults
 from distdd_nas.federation.quorum import Quorum
 from distdd_nas.models import ArchSpec, build_model, count_parameters
+from distdd_nas.resources import SPACES, shipped_dir, shipped_file, shipped_names
 from distdd_nas.search.candidate import CandidateFactory
 from distdd_nas.search.objective import split_server_holdout
 from distdd_nas.search.space import SearchSpace
@@ -46,8 +47,8 @@ from distdd_nas.training import TrainSettings
 
 log = logging.getLogger(__name__)
 
-#: Search spaces shipped with the project (``search.space`` may name one by its stem).
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+#: Search spaces shipped with the package (``search.space`` may name one by its stem).
+SPACES_DIR = shipped_dir(SPACES)
 
 
 def default_tasks(config: StudyConfig | None = None) -> dict[str, ClientTask]:
@@ -126,6 +127,7 @@ def build_federation(config: StudyConfig) -> Federation:
     part = config.partition
     partitioner = make_partitioner(
         part.method,
+        library=part.library,
         num_clients=part.num_clients,
         alpha=part.alpha,
         min_size=part.min_size,
@@ -174,19 +176,19 @@ def build_federation(config: StudyConfig) -> Federation:
 
 
 def load_space(name: str) -> SearchSpace:
-    """A search space by path, or by name under ``search_spaces/``.
+    """A search space by path, by name under ``./search_spaces/``, or by the name of one
+    shipped with the package (:mod:`distdd_nas.resources`; ``smoke``, ``smoke.toml``).
 
     Raises:
         ConfigError: No such file; the message lists the shipped spaces.
     """
-    for candidate in (
-        Path(name),
-        Path("search_spaces") / f"{name}.toml",
-        SPACES_DIR / f"{name}.toml",
-    ):
+    for candidate in (Path(name), Path("search_spaces") / f"{name}.toml"):
         if candidate.is_file():
             return SearchSpace.load(candidate)
-    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
+    shipped = shipped_file(SPACES, name)
+    if shipped is not None:
+        return SearchSpace.load(shipped)
+    known = ", ".join(shipped_names(SPACES))
     raise ConfigError(f"search space {name!r} not found; use a path or one of: {known}")
 
 

@@ -58,7 +58,8 @@ def test_two_distill_processes_on_one_cache(tmp_path: Path) -> None:
     for proc, (_, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
     entries = sorted(p.name for p in (cache / "distilled").iterdir())
-    assert len(entries) == 2 and entries[1] == entries[0] + ".lock", entries  # no .partial/.old
+    assert len(entries) == 3, entries  # the set, its evaluation, its lock: no .partial/.old
+    assert entries[1].startswith(entries[0] + ".eval-") and entries[2] == entries[0] + ".lock"
     entry = cache / "distilled" / entries[0]
     assert is_complete(entry) and (entry / "synthetic.npz").is_file()
     summaries = [load_json(tmp_path / f"out{i}" / "distill" / "summary.json") for i in range(2)]

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 import distdd_nas.study as study_module
+from distdd_nas.artifacts import strict
 from distdd_nas.config import StudyConfig
 from distdd_nas.pipeline import run_all
 from distdd_nas.report import communication_cost, render_markdown, study_summary
+from distdd_nas.report.answer import study_answer
 from distdd_nas.study import Study
 from tests.conftest import smoke
 
@@ -78,10 +80,12 @@ def test_run_builds_the_federation_once_and_reports_through_the_library(
                 "kendall_tau_low",
                 "kendall_tau_high",
                 "cost_basis",
+                "validation_study",
             )
-        },
+        }
+        | study_answer(validation),
     )
-    assert json.loads(json.dumps(expected)) == written
+    assert json.loads(json.dumps(strict(expected))) == written
     text = render_markdown(
         written,
         validation=validation,

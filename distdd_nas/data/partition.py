@@ -5,22 +5,29 @@ A :class:`Partitioner` is a small frozen value: it validates its arguments when 
 called, and then draws only from a generator derived from the caller's seed. Every index is
 assigned to exactly one client. Non-iid settings are first-class: Dirichlet label skew,
 pathological label shards, and quantity (size) skew.
+
+``partition.library = "flwr_datasets"`` hands ``iid``, ``dirichlet`` and ``shards`` to the
+partitioners of Flower Datasets (:class:`FlwrDatasetsPartitioner`), so a split means what it
+means in Flower baselines; the default ``"distdd"`` keeps the hand-written ones below, whose
+splits the committed evidence (``bench/data``) was measured on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import numbers
+import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from distdd_nas.errors import ConfigError, DataError
+from distdd_nas.errors import ConfigError, DataError, MissingDependencyError
 from distdd_nas.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
@@ -171,16 +178,19 @@ class Partitioner(ABC):
                 f"label {y.max()} does not fit num_classes={classes}; pass the "
                 "dataset's number of classes"
             )
-        parts = self._assign(y, num_classes=classes, rng=numpy_rng(seed, "partition", self.method))
+        parts = self._assign(y, num_classes=classes, seed=seed)
         indices = tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
         log.debug("%s split: client sizes %s", self.method, [len(p) for p in indices])
         return FederatedSplit(client_indices=indices, num_classes=classes)
 
     @abstractmethod
-    def _assign(
-        self, labels: np.ndarray, *, num_classes: int, rng: np.random.Generator
-    ) -> list[np.ndarray]:
+    def _assign(self, labels: np.ndarray, *, num_classes: int, seed: int) -> list[np.ndarray]:
         """One index array per client; together they hold every index exactly once."""
+
+    def _stream(self, seed: int) -> np.random.Generator:
+        """The generator a hand-written partitioner draws from: the stream named after its
+        method, so two methods under one seed draw independently."""
+        return numpy_rng(seed, "partition", self.method)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,9 +199,8 @@ class IidPartitioner(Partitioner):
 
     method: ClassVar[str] = "iid"
 
-    def _assign(
-        self, labels: np.ndarray, *, num_classes: int, rng: np.random.Generator
-    ) -> list[np.ndarray]:
+    def _assign(self, labels: np.ndarray, *, num_classes: int, seed: int) -> list[np.ndarray]:
+        rng = self._stream(seed)
         return list(np.array_split(rng.permutation(len(labels)), self.num_clients))
 
 
@@ -216,9 +225,8 @@ class DirichletPartitioner(Partitioner):
         _require_int("min_size", self.min_size, minimum=0)
         _require_int("max_tries", self.max_tries, minimum=1)
 
-    def _assign(
-        self, labels: np.ndarray, *, num_classes: int, rng: np.random.Generator
-    ) -> list[np.ndarray]:
+    def _assign(self, labels: np.ndarray, *, num_classes: int, seed: int) -> list[np.ndarray]:
+        rng = self._stream(seed)
         n = self.num_clients
         if self.min_size * n > len(labels):
             raise DataError(
@@ -269,9 +277,8 @@ class ShardPartitioner(Partitioner):
         super().__post_init__()
         _require_int("classes_per_client", self.classes_per_client, minimum=1)
 
-    def _assign(
-        self, labels: np.ndarray, *, num_classes: int, rng: np.random.Generator
-    ) -> list[np.ndarray]:
+    def _assign(self, labels: np.ndarray, *, num_classes: int, seed: int) -> list[np.ndarray]:
+        rng = self._stream(seed)
         total = self.num_clients * self.classes_per_client
         if total > len(labels):
             raise DataError(
@@ -297,13 +304,93 @@ class QuantitySkewPartitioner(Partitioner):
         super().__post_init__()
         _require_positive("alpha", self.alpha)
 
-    def _assign(
-        self, labels: np.ndarray, *, num_classes: int, rng: np.random.Generator
-    ) -> list[np.ndarray]:
+    def _assign(self, labels: np.ndarray, *, num_classes: int, seed: int) -> list[np.ndarray]:
+        rng = self._stream(seed)
         n, total = self.num_clients, len(labels)
         shares = rng.dirichlet(np.full(n, self.alpha))
         sizes = 1 + rng.multinomial(total - n, shares / shares.sum())
         return list(np.split(rng.permutation(total), np.cumsum(sizes)[:-1]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlwrDatasetsPartitioner(Partitioner):
+    """The settings of a hand-written partitioner (``like``), split by Flower Datasets.
+
+    ``split(labels, seed=s)`` is the split a Flower baseline gets from
+    ``FederatedDataset(..., shuffle=True, seed=s)`` with the flwr-datasets partitioner of the
+    same method seeded with ``s``: the examples are shuffled (``datasets.Dataset.shuffle``),
+    then partitioned. ``iid`` → ``IidPartitioner`` (contiguous slices of the shuffled data);
+    ``dirichlet`` → ``DirichletPartitioner`` (``alpha``, ``min_partition_size = min_size``,
+    no self-balancing, at most 11 draws); ``shards`` → ``ShardPartitioner`` with
+    ``num_clients × classes_per_client`` shards of ``ceil(N / shards)`` sorted examples, the
+    last one smaller, so no example is dropped (for N a multiple of the shard count this is
+    ``num_shards_per_partition = classes_per_client`` exactly). ``quantity`` has none:
+    flwr-datasets' size partitioners (linear, square, exponential) draw no random sizes.
+    """
+
+    like: Partitioner
+    num_clients: int = field(init=False)
+
+    method: ClassVar[str] = "flwr_datasets"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "num_clients", self.like.num_clients)
+        super().__post_init__()
+        if self.like.method not in FLWR_METHODS:
+            raise ConfigError(
+                f"partition.method={self.like.method!r} has no flwr-datasets counterpart; use "
+                f'one of {", ".join(FLWR_METHODS)} or partition.library = "distdd"'
+            )
+        if importlib.util.find_spec("flwr_datasets") is None:
+            raise MissingDependencyError(
+                'partition.library = "flwr_datasets" needs flwr-datasets; install the flower '
+                "extra (pip install -e '.[flower]') or use partition.library = \"distdd\""
+            )
+
+    def _assign(self, labels: np.ndarray, *, num_classes: int, seed: int) -> list[np.ndarray]:
+        import datasets  # deferred: only this library choice needs HF datasets (seconds)
+
+        index = "distdd_index"  # which training example a row is, through shuffle and sort
+        table = datasets.Dataset.from_dict({"label": labels, index: np.arange(len(labels))})
+        flwr = self._counterpart(num_examples=len(labels), seed=seed)
+        flwr.dataset = table.shuffle(seed=seed)
+        try:
+            with warnings.catch_warnings():  # pyarrow >= 25 vs datasets' sort: not the user's
+                warnings.filterwarnings("ignore", "Specifying null_placement", FutureWarning)
+                return [
+                    np.asarray(flwr.load_partition(c)[index][:]) for c in range(self.num_clients)
+                ]
+        except ValueError as err:
+            raise DataError(
+                f"flwr-datasets cannot make this {self.like.method} split ({err}); lower "
+                "partition.num_clients or partition.min_size, or raise partition.alpha"
+            ) from None
+
+    def _counterpart(self, *, num_examples: int, seed: int) -> Any:
+        """The flwr-datasets partitioner with ``like``'s settings (no dataset assigned yet)."""
+        from flwr_datasets import partitioner as fp
+
+        like, n = self.like, self.like.num_clients
+        if isinstance(like, DirichletPartitioner):
+            return fp.DirichletPartitioner(
+                num_partitions=n,
+                partition_by="label",
+                alpha=float(like.alpha),
+                min_partition_size=like.min_size,
+                self_balancing=False,
+                shuffle=False,  # order within a client only; indices are sorted anyway
+                seed=seed,
+            )
+        if isinstance(like, ShardPartitioner):
+            return fp.ShardPartitioner(
+                num_partitions=n,
+                partition_by="label",
+                shard_size=-(-num_examples // (n * like.classes_per_client)),
+                keep_incomplete_shard=True,
+                shuffle=False,
+                seed=seed,
+            )
+        return fp.IidPartitioner(num_partitions=n)
 
 
 #: Partitioners by name (``partition.method``; each class's ``method``).
@@ -312,10 +399,17 @@ PARTITIONERS: dict[str, type[Partitioner]] = {
     for cls in (IidPartitioner, DirichletPartitioner, ShardPartitioner, QuantitySkewPartitioner)
 }
 
+#: Methods Flower Datasets has a counterpart for (see :class:`FlwrDatasetsPartitioner`).
+FLWR_METHODS = ("iid", "dirichlet", "shards")
+
+#: Where ``partition.library`` may take the partitioners from.
+LIBRARIES = ("distdd", "flwr_datasets")
+
 
 def make_partitioner(
     method: str,
     *,
+    library: str = "distdd",
     num_clients: int,
     alpha: float = 0.5,
     min_size: int = 10,
@@ -325,11 +419,19 @@ def make_partitioner(
     | ``quantity``.
 
     Arguments a method does not use are ignored (``alpha`` is read by dirichlet and quantity,
-    ``min_size`` by dirichlet, ``classes_per_client`` by shards).
+    ``min_size`` by dirichlet, ``classes_per_client`` by shards). ``library="flwr_datasets"``
+    wraps the partitioner in :class:`FlwrDatasetsPartitioner`.
 
     Raises:
-        ConfigError: Unknown method or invalid argument.
+        ConfigError: Unknown method or library, invalid argument, or a method flwr-datasets
+            has no counterpart for.
+        MissingDependencyError: ``library="flwr_datasets"`` without flwr-datasets installed.
     """
+    if library not in LIBRARIES:
+        raise ConfigError(
+            f"unknown partition library {library!r}; set partition.library to one of "
+            f"{', '.join(LIBRARIES)}"
+        )
     cls = PARTITIONERS.get(method)
     if cls is None:
         raise ConfigError(
@@ -338,4 +440,5 @@ def make_partitioner(
         )
     options = {"alpha": alpha, "min_size": min_size, "classes_per_client": classes_per_client}
     used = {k: v for k, v in options.items() if k in {f.name for f in fields(cls)}}
-    return cls(num_clients=num_clients, **used)
+    partitioner = cls(num_clients=num_clients, **used)
+    return FlwrDatasetsPartitioner(like=partitioner) if library == "flwr_datasets" else partitioner

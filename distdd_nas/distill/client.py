@@ -3,7 +3,9 @@
 Clients only do first-order work: for each class they hold, the gradient of the mean
 cross-entropy of the server's model on a mini-batch of that class. Raw images never leave a
 client; only gradients, counts and (for the optional ``client_mean`` initialisation) per-class
-pixel sums do.
+pixel sums do. Under differential privacy (``dp_noise`` / ``dp_clip`` in the message) the
+counts are noised and the class gradients clipped per example and noised
+(:mod:`distdd_nas.distill.privacy`).
 
 Wire format of ``class_gradients`` (every array is metered by the engine):
 
@@ -14,7 +16,9 @@ Wire format of ``class_gradients`` (every array is metered by the engine):
   ``grads`` — one row per class with a positive count (ascending class order), the
   gradients of all trainable parameters flattened and concatenated in ``model.parameters()``
   order; float32, or float16 when ``msg.config["grad_dtype"] == "float16"`` (half the upload;
-  the server aggregates in float32).
+  the server aggregates in float32). Integer types and top-k (``grad_topk``) replace
+  ``grads`` by the arrays of :mod:`distdd_nas.distill.codec`. Under DP, ``counts`` is
+  ``take`` and every asked class has a row.
 
 Speed (see :func:`per_class_gradients`): when no layer mixes samples, class batches are cut into
 cache-sized micro-batches whose gradients are summed — the same numbers as one forward/backward
@@ -36,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distdd_nas.distill.privacy import per_example_gradients, private_mean
-from distdd_nas.distill.server import GRAD_DTYPES
+from distdd_nas.distill.codec import RowCodec
+from distdd_nas.distill.feedback import encode_rows
+from distdd_nas.distill.privacy import noised_counts, per_example_gradients, private_mean
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation.engine import ClientData, ClientTask
 from distdd_nas.federation.message import Message
@@ -74,12 +79,18 @@ def class_stats(client: ClientData, msg: Message) -> Message:
     count-weighted class means and standard deviations for the ``client_mean`` initialisation,
     and ``moment_counts``, the images behind each row. Only classes the client holds at least
     ``msg.config["min_count"]`` images of are summed (the others are zero rows with count 0):
-    the sum over one image *is* that image.
+    the sum over one image *is* that image. With ``msg.config["dp_noise"]`` > 0 the counts
+    carry Gaussian noise of that std (float64, seeded by ``msg.config["seed"]`` and the
+    client id), never the exact counts.
     """
     labels = client.train_labels()
     num_classes = client.dataset.num_classes
     counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
     arrays: dict[str, np.ndarray] = {"counts": counts}
+    noise = float(msg.config.get("dp_noise", 0.0))
+    if noise > 0:
+        rng = numpy_rng(int(msg.config["seed"]), "census_noise", client.cid)
+        arrays["counts"] = noised_counts(counts, std=noise, rng=rng)
     if bool(msg.config.get("moments", False)):
         dim = int(np.prod(client.dataset.input_shape))
         sums = np.zeros((num_classes, dim), dtype=np.float64)
@@ -121,35 +132,34 @@ def _class_gradients(client: ClientData, msg: Message, *, path: GradientPath) ->
             f"class_gradients: 'take' must hold one count per class "
             f"({num_classes}), got shape {take.shape}; send batch_shares() rows"
         )
-    wire = str(msg.config.get("grad_dtype", "float32"))
-    if wire not in GRAD_DTYPES:
-        raise ConfigError(
-            f"class_gradients: grad_dtype {wire!r} is unsupported; use {' or '.join(GRAD_DTYPES)}"
-        )
-    dtype = np.dtype(wire)
     model = model_from_message(client, msg, extra=("take",))
+    codec = RowCodec.of(model, msg.config)  # ConfigError: unknown grad_dtype
     model.train()
     chosen, segments = draw_class_batches(client, take=take, seed=int(msg.config["seed"]))
+    images = client.dataset.images[torch.as_tensor(chosen)]
+    clip = float(msg.config.get("dp_clip", 0.0))
+    if clip > 0:  # a row for every asked class, each divided by its take, which it reports
+        grads = private_class_gradients(
+            model,
+            images,
+            segments,
+            take=take,
+            clip=clip,
+            noise_multiplier=float(msg.config["dp_noise"]),
+            seed=derive_seed(int(msg.config["seed"]), "dp", client.cid),
+        )
+        asked = np.flatnonzero(take > 0).tolist()
+        sent = encode_rows(client, msg, grads.numpy(), asked, codec)
+        return Message(arrays={"counts": take, **sent})
     counts = np.zeros(num_classes, dtype=np.int64)
     for seg in segments:
         counts[seg.label] = seg.stop - seg.start
     if not segments:
         dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return Message(arrays={"counts": counts, "grads": np.zeros((0, dim), dtype=dtype)})
-    images = client.dataset.images[torch.as_tensor(chosen)]
-    clip = float(msg.config.get("dp_clip", 0.0))
-    if clip > 0:
-        grads = private_class_gradients(
-            model,
-            images,
-            segments,
-            clip=clip,
-            noise_multiplier=float(msg.config["dp_noise"]),
-            seed=derive_seed(int(msg.config["seed"]), "dp", client.cid),
-        )
-    else:
-        grads = per_class_gradients(model, images, segments, path=path)
-    return Message(arrays={"counts": counts, "grads": grads.numpy().astype(dtype, copy=False)})
+        return Message(arrays={"counts": counts, **codec.encode(np.zeros((0, dim)), rngs=[])})
+    rows = per_class_gradients(model, images, segments, path=path).numpy()
+    sent = encode_rows(client, msg, rows, [seg.label for seg in segments], codec)
+    return Message(arrays={"counts": counts, **sent})
 
 
 def private_class_gradients(
@@ -157,18 +167,32 @@ def private_class_gradients(
     images: torch.Tensor,
     segments: Sequence[Segment],
     *,
+    take: np.ndarray,
     clip: float,
     noise_multiplier: float,
     seed: int,
 ) -> torch.Tensor:
-    """Per-class rows like :func:`per_class_gradients`, each the differentially private mean
+    """One row per class with ``take`` > 0 (ascending), each the differentially private sum
     of the class's per-example gradients (clipped at ``clip``, Gaussian noise of std
-    ``noise_multiplier × clip`` on the sum; :mod:`distdd_nas.distill.privacy`)."""
+    ``noise_multiplier × clip``) divided by its ``take``: a class the client holds fewer or no
+    images of still gets its row (noise only when none), so the reply does not reveal how many
+    images it holds (:mod:`distdd_nas.distill.privacy`)."""
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    by_label = {seg.label: seg for seg in segments}
     rows = []
-    for seg in segments:
-        per = per_example_gradients(model, images[seg.start : seg.stop], seg.label)
-        gen = torch_generator(seed, seg.label)
-        rows.append(private_mean(per, clip=clip, noise_multiplier=noise_multiplier, generator=gen))
+    for c in np.flatnonzero(take > 0):
+        seg = by_label.get(int(c))
+        per = (
+            per_example_gradients(model, images[seg.start : seg.stop], seg.label)
+            if seg is not None
+            else torch.zeros(0, dim)
+        )
+        gen = torch_generator(seed, int(c))
+        rows.append(
+            private_mean(
+                per, clip=clip, noise_multiplier=noise_multiplier, generator=gen, size=int(take[c])
+            )
+        )
     return torch.stack(rows)
 
 

@@ -9,6 +9,8 @@ of the draw and one unlucky subset cannot make a distillation look good.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -28,9 +30,11 @@ def evaluate_synthetic(
     test: ImageDataset,
     settings: EvalSection,
     seed: int,
+    on_model: Callable[[float], None] | None = None,
 ) -> tuple[float, float, list[float]]:
     """(mean, std, per-model) test accuracy of ``settings.num_models`` fresh nets trained on
-    (images, labels) with DC's protocol; network ``m`` is seeded by (seed, m).
+    (images, labels) with DC's protocol; network ``m`` is seeded by (seed, m). ``on_model``
+    receives each network's accuracy as soon as it is trained (progress).
 
     Raises:
         ConfigError: Images and labels do not match, or the images do not fit the test set.
@@ -65,6 +69,8 @@ def evaluate_synthetic(
         )
         train_model(net, x, y, settings=train, generator=torch_generator(seed, "eval_order", m))
         accs.append(evaluate_model(net, test.images, test.labels)[1])
+        if on_model is not None:
+            on_model(accs[-1])
     return float(np.mean(accs)), float(np.std(accs)), accs
 
 
@@ -94,6 +100,7 @@ def evaluate_random_real(
     test: ImageDataset,
     settings: EvalSection,
     seed: int,
+    on_model: Callable[[float], None] | None = None,
 ) -> tuple[float, float, list[float]]:
     """(mean, std, per-model) accuracy of the random-real reference: network ``m`` is trained
     with DC's protocol on its own random subset, drawn with seed (seed, m)."""
@@ -109,7 +116,13 @@ def evaluate_random_real(
         )
         accs.extend(
             evaluate_synthetic(
-                x, y, arch=arch, test=test, settings=one, seed=derive_seed(seed, "net", m)
+                x,
+                y,
+                arch=arch,
+                test=test,
+                settings=one,
+                seed=derive_seed(seed, "net", m),
+                on_model=on_model,
             )[2]
         )
     return float(np.mean(accs)), float(np.std(accs)), accs

@@ -1,7 +1,7 @@
 """The DistDD server loop, written once against the Engine protocol.
 
-Round 0 asks every client for its class counts (and pixel moments for the ``client_mean``
-initialisation). Then K outer iterations, each with a freshly seeded network θ0 and
+Round 0 asks every client for its class counts (noised under DP; and pixel moments for the
+``client_mean`` initialisation). Then K outer iterations, each with a freshly seeded network θ0 and
 ``outer_loop`` matching steps. A matching step is one engine round, numbered by a global step
 counter (1, 2, …) so the ledger has one round per step: configure (select clients, tell each
 how many images of each class to draw), fit (clients return class gradients), aggregate
@@ -9,7 +9,9 @@ how many images of each class to draw), fit (clients return class gradients), ag
 match (one SGD step on the synthetic images). Between steps the network is updated on the server:
 DC's inner loop on the synthetic set (``net_update = "synthetic"``), or a step along the mean
 aggregated class gradient (``"global_grad"``). As in DC, the last step of an iteration is not
-followed by a network update.
+followed by a network update. With ``seed_broadcast`` an iteration's first step sends the
+network's seed, not its weights (clients rebuild it bit-identically); later steps must send
+weights: the network has moved along aggregates the clients never see.
 
 Client sampling (``fraction``) is an argument rather than a distill setting: it belongs to the
 federation (``config.federation.fraction``) and is shared with FedAvg.
@@ -32,6 +34,7 @@ from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset
 from distdd_nas.distill.census import ClassCensus, census
 from distdd_nas.distill.checkpoint import Checkpointer, DistillState
+from distdd_nas.distill.codec import RowCodec, wire_config
 from distdd_nas.distill.evaluate import evaluate_synthetic
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.privacy import privacy_budget
@@ -141,26 +144,21 @@ def run_distill(
     """
     check_settings(settings)
     outer, inner = resolve_loops(settings)
+    privacy = privacy_budget(settings, steps=settings.iterations * outer)  # before the census
     state, start = _begin(
-        engine, settings, checkpoint, num_classes=num_classes, shape=input_shape, seed=seed
-    )
+        engine, settings, checkpoint, num_classes=num_classes, shape=input_shape, seed=seed,
+        census_noise=privacy.get("dp_census_noise", 0.0),
+    )  # fmt: skip
     images = state.images.clone().requires_grad_(True)
     labels = torch.arange(num_classes).repeat_interleave(settings.ipc)
     opt_img = torch.optim.SGD([images], lr=settings.lr_img, momentum=settings.momentum_img)
     if state.optimizer:
         opt_img.load_state_dict(state.optimizer)
     run = _start(
-        engine,
-        arch,
-        settings,
-        ClassCensus(state.counts, state.moments),
-        input_shape=input_shape,
-        num_classes=num_classes,
-        seed=seed,
-        fraction=fraction,
-        compile=compile,
-        quorum=quorum,
-    )
+        engine, arch, settings, ClassCensus(state.counts, state.moments), privacy=privacy,
+        input_shape=input_shape, num_classes=num_classes, seed=seed, fraction=fraction,
+        compile=compile, quorum=quorum,
+    )  # fmt: skip
     rows = list(state.rows)
     eval_s = 0.0
     for it in range(state.iterations_done, settings.iterations):
@@ -213,10 +211,12 @@ def _begin(
     num_classes: int,
     shape: tuple[int, int, int],
     seed: int,
+    census_noise: float,
 ) -> tuple[DistillState, float]:
     """(the checkpoint's state, its ledger replayed into ``engine``'s; or a fresh one after
-    the census round: initial images, no iterations done) and the run's start on the
-    ``perf_counter`` clock, moved back by the seconds the saved state had already spent."""
+    the census round — counts noised with std ``census_noise`` under DP —: initial images, no
+    iterations done) and the run's start on the ``perf_counter`` clock, moved back by the
+    seconds the saved state had already spent."""
     began = time.perf_counter()
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
@@ -228,6 +228,8 @@ def _begin(
         num_classes=num_classes,
         moments=settings.init == "client_mean",
         min_count=settings.init_min_count,
+        dp_noise=census_noise,
+        seed=derive_seed(seed, "distill", "census"),
     )
     check_class_totals(info.counts.sum(axis=0), ipc=settings.ipc)
     images = _initial_images(settings, info, num_classes=num_classes, shape=shape, seed=seed)
@@ -256,6 +258,7 @@ def _start(
     fraction: float,
     compile: bool,
     quorum: Quorum,
+    privacy: dict[str, float],
 ) -> _Run:
     """What every matching step of a run shares (the probe network only gives shapes)."""
     probe = build_model(arch, input_shape=input_shape, num_classes=num_classes, seed=0)
@@ -274,9 +277,7 @@ def _start(
         fraction,
         make_grad_fn(probe, compiled=compile),
         quorum,
-        privacy_budget(
-            settings, info.counts, steps=settings.iterations * resolve_loops(settings)[0]
-        ),
+        privacy,
     )
 
 
@@ -332,18 +333,19 @@ def _iteration(
     """One outer iteration on a freshly seeded network θ0: ``outer`` matching steps with
     network updates in between."""
     settings = run.settings
+    net_seed = derive_seed(run.seed, "distill", "net", it)
     net = build_model(
-        run.arch,
-        input_shape=run.input_shape,
-        num_classes=run.num_classes,
-        seed=derive_seed(run.seed, "distill", "net", it),
+        run.arch, input_shape=run.input_shape, num_classes=run.num_classes, seed=net_seed
     )
     net.train()
     opt_net = torch.optim.SGD(net.parameters(), lr=settings.lr_net)
     inner_gen = torch_generator(run.seed, "distill", "inner", it)
     timer = _Timer()
     for ol in range(outer):
-        targets = _matching_step(run, net, images, opt_img, step=it * outer + ol + 1, timer=timer)
+        step = it * outer + ol + 1
+        targets = _matching_step(
+            run, net, images, opt_img, step=step, timer=timer, net_seed=net_seed, fresh=ol == 0
+        )
         if ol == outer - 1:
             break
         t0 = time.perf_counter()
@@ -371,8 +373,11 @@ def _matching_step(
     *,
     step: int,
     timer: _Timer,
+    net_seed: int,
+    fresh: bool,
 ) -> dict[int, torch.Tensor]:
-    """One engine round and one SGD step on the images; returns the aggregated targets."""
+    """One engine round and one SGD step on the images; returns the aggregated targets.
+    ``net`` was built from ``net_seed`` and, when ``fresh``, not updated since."""
     settings = run.settings
     t0 = time.perf_counter()
     selected = select_clients(
@@ -381,11 +386,12 @@ def _matching_step(
     take = batch_shares(
         run.census.counts[selected], batch_real=settings.batch_real, mode=settings.batch_mode
     )
-    params = get_parameters(net)
+    params = {} if fresh and settings.seed_broadcast else get_parameters(net)
     config: dict[str, Scalar] = {
         "arch": run.arch_json,
         "seed": derive_seed(run.seed, "distill", "step", step),
         "grad_dtype": settings.grad_dtype,
+        **wire_config(settings, step=step, net_seed=net_seed, fresh=fresh),
     }
     if run.privacy:
         config["dp_clip"] = run.privacy["dp_clip"]
@@ -400,8 +406,9 @@ def _matching_step(
     timer.skipped += delivery.skipped
     replies = {} if delivery.skipped else delivery.replies
     targets, rejected = aggregate_class_gradients(
-        replies, dim=run.dim, aggregator=settings.aggregator, asked=asked
-    )
+        replies, dim=run.dim, aggregator=settings.aggregator, asked=asked,
+        codec=RowCodec.of(net, config),
+    )  # fmt: skip
     timer.rejected += len(rejected)
     t1 = time.perf_counter()
     timer.client_s += t1 - t0

@@ -1,25 +1,43 @@
-"""Differential privacy for the class gradients a client uploads (DP-SGD style), and its ε.
+"""Differential privacy for everything a client sends a distillation (DP-SGD style), and its ε.
 
-With ``distill.dp_clip`` = C > 0, a client computes the gradient of every image of a class
-batch separately, clips each to L2 norm ≤ C, sums them, adds Gaussian noise N(0, σ²C²I) and
-divides by the batch size. Batches have a fixed size, so neighbouring datasets differ by one
-*replaced* image, which moves the clipped sum by up to 2C: the accountant is given the Gaussian
-mechanism with noise multiplier σ/2 (noise std over sensitivity), not σ.
+**Neighbouring relation**: replace-one — one training example (image *and* label) of one
+client replaced by any other; the accountant is Google's ``dp-accounting`` RDP accountant with
+``NeighboringRelation.REPLACE_ONE``. What a client sends under ``distill.dp_clip`` = C > 0:
 
-Accounting (:func:`epsilon`): every matching step, a client draws ``take`` of its ``n`` images
-of a class without replacement, so an image joins a step's batch with probability take/n; over
-the run's T steps that is T compositions of the sampled-without-replacement Gaussian mechanism,
-accounted by Google's ``dp-accounting`` RDP accountant (``SampledWithoutReplacementDpEvent``,
-replace-one neighbours). A client's ε is the largest over its classes (each image belongs to one
-class, so classes compose in parallel); the run reports the largest over clients. Not covered,
-and said wherever ε is printed: the class counts of the census (sent in the clear), and client
-sampling (``federation.fraction`` < 1 would only lower ε; it is ignored).
+* **Census** (round 0, once): its per-class counts plus N(0, s²) on each. A replacement that
+  changes the label moves one count down and another up by 1: L2 sensitivity √2, so the
+  release is ``GaussianDpEvent(s/√2)``. We set s = σ/√2 (:func:`census_noise_std`), i.e.
+  noise multiplier σ/2, the same as one class upload below. No pixel moments are sent
+  (``client_mean`` is refused with DP); the server rounds the noised counts and clips them at 0
+  (post-processing) and uses them for batch shares and weights.
+* **Class gradients** (every step): for every class c the server asks for (``take`` > 0, from
+  the noised census: a class the client does not hold is asked for too when its noised count
+  is positive), the client draws ``take`` of its ``n`` images without replacement (all of them
+  when ``take`` ≥ n, none when it holds none), computes every per-example gradient, clips each
+  to L2 norm ≤ C, sums, adds N(0, σ²C²I) and divides by ``take`` (public); it reports
+  ``take`` as its count and sends a row for every asked class, so neither the reply's counts
+  nor its rows reveal n. Replacing an example of the same class moves the clipped sum by ≤ 2C
+  (noise multiplier σ/2) with probability take/n: ``SampledWithoutReplacementDpEvent``.
+  A replacement that changes the label removes one example from class c and adds one to c':
+  each class's upload is then a sampled mechanism of the same kind (a uniform ``take``-subset
+  of n − 1 images is the ``take``-subset of n with x swapped for another image), so a step is
+  bounded by the composition of the uploads of the client's **two** classes with the largest
+  sampling rates (:func:`client_event`).
+
+The whole run composes the census with ``steps`` such steps (``ComposedDpEvent``); a client's ε
+is that event's at δ, the run's the worst over clients. The server sees only noised counts, so
+it accounts every client as :data:`UNKNOWN_COUNTS` (sampling rate 1 for two classes: no
+amplification, an upper bound for any counts); :func:`epsilon` with a client's true (n, take)
+pairs gives the tighter ε that client could account for itself. Client sampling
+(``federation.fraction`` < 1) would only lower ε and is ignored.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +45,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from distdd_nas.config import DistillSection
-from distdd_nas.distill.server import batch_shares
 from distdd_nas.errors import ConfigError, MissingDependencyError
+
+#: (images held, images taken per step) pairs the server accounts every client as: it knows
+#: only noised counts, so it assumes each step uses a whole class (rate 1) for two classes.
+UNKNOWN_COUNTS: tuple[tuple[int, int], ...] = ((1, 1), (1, 1))
 
 
 def per_example_gradients(model: nn.Module, images: torch.Tensor, label: int) -> torch.Tensor:
@@ -51,49 +72,111 @@ def per_example_gradients(model: nn.Module, images: torch.Tensor, label: int) ->
 
 
 def private_mean(
-    rows: torch.Tensor, *, clip: float, noise_multiplier: float, generator: torch.Generator
+    rows: torch.Tensor,
+    *,
+    clip: float,
+    noise_multiplier: float,
+    generator: torch.Generator,
+    size: int | None = None,
 ) -> torch.Tensor:
-    """(Σ_i clip_C(g_i) + N(0, σ²C²)) / n for the n rows g_i."""
+    """(Σ_i clip_C(g_i) + N(0, σ²C²)) / size for the n rows g_i (``size`` defaults to n; the
+    client passes the public ``take``, so the divisor reveals nothing; zero rows give noise)."""
     norms = rows.norm(dim=1, keepdim=True)
     clipped = rows * torch.clamp(clip / norms.clamp_min(1e-12), max=1.0)
     noise = torch.randn(rows.shape[1], generator=generator, dtype=rows.dtype)
-    return (clipped.sum(dim=0) + noise_multiplier * clip * noise) / len(rows)
+    return (clipped.sum(dim=0) + noise_multiplier * clip * noise) / (size or len(rows))
 
 
-def epsilon(
-    *, noise_multiplier: float, batches: Iterable[tuple[int, int]], steps: int, delta: float
-) -> float:
-    """ε at ``delta`` after ``steps`` steps, the worst over ``batches`` = (n images held,
-    take per step) pairs (see the module doc); ∞ without noise."""
-    if noise_multiplier <= 0:
-        return math.inf
+def census_noise_std(noise_multiplier: float) -> float:
+    """Std of the Gaussian noise on each census count: σ/√2, i.e. noise multiplier σ/2 at the
+    census's L2 sensitivity √2 (see the module doc)."""
+    return noise_multiplier / math.sqrt(2)
+
+
+def noised_counts(counts: np.ndarray, *, std: float, rng: np.random.Generator) -> np.ndarray:
+    """What a client's census reply carries under DP: its counts plus N(0, std²) each."""
+    return np.asarray(counts, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(counts))
+
+
+@functools.cache
+def _dp_accounting() -> Any:
     try:
         import dp_accounting
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise MissingDependencyError(
             "differential privacy needs the dp-accounting package; pip install dp-accounting"
         ) from err
+    return dp_accounting
+
+
+def client_event(
+    *, noise_multiplier: float, batches: Iterable[tuple[int, int]], steps: int, census: bool
+) -> Any:
+    """The ``dp_accounting`` event of one client's run: (with ``census``) the census's Gaussian,
+    composed with ``steps`` steps, each the composition of the uploads of the two classes with
+    the largest sampling rates among ``batches`` = (n images held, take per step) pairs (rate
+    1 — the plain Gaussian — where take ≥ n)."""
+    dpa = _dp_accounting()
+    gaussian = dpa.GaussianDpEvent(noise_multiplier / 2)  # replace-one sensitivity 2C
+    pairs = sorted(
+        ((min(take / n, 1.0) if n > 0 else 1.0, n, take) for n, take in batches if take > 0),
+        reverse=True,
+    )[:2]
+    uploads = [
+        gaussian if rate >= 1 else dpa.SampledWithoutReplacementDpEvent(n, take, gaussian)
+        for rate, n, take in pairs
+    ]
+    events = [dpa.SelfComposedDpEvent(dpa.ComposedDpEvent(uploads), steps)] if uploads else []
+    if census:
+        events.insert(0, dpa.GaussianDpEvent(noise_multiplier / 2))  # sensitivity √2, std σ/√2
+    return dpa.ComposedDpEvent(events)
+
+
+def epsilon(
+    *,
+    noise_multiplier: float,
+    clients: Iterable[Sequence[tuple[int, int]]],
+    steps: int,
+    delta: float,
+    census: bool,
+) -> float:
+    """ε at ``delta``, the worst over ``clients`` (each its (n, take) pairs, one per class) of
+    :func:`client_event`; ∞ without noise."""
+    if noise_multiplier <= 0:
+        return math.inf
+    dpa = _dp_accounting()
     worst = 0.0
-    for n, take in set(batches):
-        if take <= 0:
-            continue
-        accountant = dp_accounting.rdp.RdpAccountant(
-            neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    for batches in {tuple(sorted(b)) for b in clients}:
+        accountant = dpa.rdp.RdpAccountant(
+            neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE
         )
-        gaussian = dp_accounting.GaussianDpEvent(noise_multiplier / 2)  # sensitivity 2C
-        event = dp_accounting.SampledWithoutReplacementDpEvent(n, min(take, n), gaussian)
-        accountant.compose(event, steps)
+        event = client_event(
+            noise_multiplier=noise_multiplier, batches=batches, steps=steps, census=census
+        )
+        accountant.compose(event)
         worst = max(worst, float(accountant.get_epsilon(delta)))
     return worst
 
 
 def noise_for_epsilon(
-    target: float, *, batches: Iterable[tuple[int, int]], steps: int, delta: float
+    target: float,
+    *,
+    clients: Iterable[Sequence[tuple[int, int]]],
+    steps: int,
+    delta: float,
+    census: bool,
 ) -> float:
-    """The smallest noise multiplier (to 0.1 %) whose :func:`epsilon` is at most ``target``."""
-    pairs = list(batches)
+    """The smallest noise multiplier (to 0.1 %) whose :func:`epsilon` — the same composed
+    event, census included when ``census`` — is at most ``target``."""
+    groups = [tuple(b) for b in clients]
+
+    def eps(sigma: float) -> float:
+        return epsilon(
+            noise_multiplier=sigma, clients=groups, steps=steps, delta=delta, census=census
+        )
+
     low, high = 0.0, 1.0
-    while epsilon(noise_multiplier=high, batches=pairs, steps=steps, delta=delta) > target:
+    while eps(high) > target:
         low, high = high, high * 2
         if high > 1e4:
             raise ConfigError(
@@ -102,39 +185,42 @@ def noise_for_epsilon(
             )
     while high - low > 1e-3 * high:
         mid = (low + high) / 2
-        if epsilon(noise_multiplier=mid, batches=pairs, steps=steps, delta=delta) > target:
+        if eps(mid) > target:
             low = mid
         else:
             high = mid
     return high
 
 
-def privacy_budget(
-    settings: DistillSection, counts: np.ndarray, *, steps: int
-) -> dict[str, float]:
-    """The DP noise multiplier (given, or found for ``dp_target_epsilon``) and the ε it gives
-    over the run, from the census: every (images held, images taken per step) pair of every
-    client and class (see the module doc); empty when DP is off. Client sampling is ignored (it
-    would only lower ε)."""
+def privacy_budget(settings: DistillSection, *, steps: int) -> dict[str, float]:
+    """The DP noise multiplier σ (given, or found for ``dp_target_epsilon``), the census's
+    count noise std and the ε of the whole run (census + ``steps`` steps, every client
+    accounted as :data:`UNKNOWN_COUNTS`: the server only ever sees noised counts); empty when
+    DP is off. Known before the census, which it noises."""
     if settings.dp_clip <= 0:
         return {}
-    take = batch_shares(counts, batch_real=settings.batch_real, mode=settings.batch_mode)
-    pairs = [(int(n), int(t)) for n, t in zip(counts.ravel(), take.ravel(), strict=True) if t]
+    clients, delta = [UNKNOWN_COUNTS], settings.dp_delta
     sigma = settings.dp_noise_multiplier or noise_for_epsilon(
-        float(settings.dp_target_epsilon or 0), batches=pairs, steps=steps, delta=settings.dp_delta
-    )
-    eps = epsilon(noise_multiplier=sigma, batches=pairs, steps=steps, delta=settings.dp_delta)
+        float(settings.dp_target_epsilon or 0), clients=clients, steps=steps, delta=delta,
+        census=True,
+    )  # fmt: skip
+    eps = epsilon(noise_multiplier=sigma, clients=clients, steps=steps, delta=delta, census=True)
     return {
         "dp_clip": settings.dp_clip,
         "dp_noise_multiplier": sigma,
+        "dp_census_noise": census_noise_std(sigma),
         "dp_epsilon": eps,
-        "dp_delta": settings.dp_delta,
+        "dp_delta": delta,
     }
 
 
 __all__ = [
+    "UNKNOWN_COUNTS",
+    "census_noise_std",
+    "client_event",
     "epsilon",
     "noise_for_epsilon",
+    "noised_counts",
     "per_example_gradients",
     "privacy_budget",
     "private_mean",

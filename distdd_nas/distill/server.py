@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distdd_nas.config import DistillSection
+from distdd_nas.distill.codec import GRAD_DTYPES, DecodeError, RowCodec
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation.aggregators import (
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 #: (outer_loop, inner_loop) by images per class, from Dataset Condensation (Zhao et al., 2021).
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-GRAD_DTYPES = ("float32", "float16")
 
 Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
 
@@ -75,6 +75,7 @@ def check_settings(settings: DistillSection) -> None:
             )
     get_distance(settings.distance)
     make_aggregator(settings.aggregator)
+    RowCodec((), settings.grad_dtype, settings.grad_topk)  # ConfigError: out of range
     if settings.dp_clip > 0 and settings.init == "client_mean":
         raise ConfigError(
             "distill.init=client_mean sends per-class pixel sums outside the privacy budget; "
@@ -163,12 +164,14 @@ def aggregate_class_gradients(
     dim: int,
     aggregator: AggregatorSpec = "mean",
     asked: Mapping[int, np.ndarray] | None = None,
+    codec: RowCodec | None = None,
 ) -> tuple[dict[int, torch.Tensor], list[int]]:
     """Per-class aggregate G_c over the clients that sent class c, weighted by images used.
 
     Replies holding NaN/Inf, whose ``grads`` do not have one row of ``dim`` values per
     positive count, or (given ``asked``, the per-class counts the server requested) that send a
-    class they were not asked for, are dropped whole (their ids are the second value). A
+    class they were not asked for, are dropped whole (their ids are the second value);
+    ``codec`` decodes the rows (None: dense float ``grads``, as :class:`RowCodec` sends them). A
     client's weight is the count it reports, capped at the count it was asked for: a client
     claiming more images than it was sent for cannot outweigh the others. Classes no client
     sent are absent from the result (skipped this step).
@@ -188,14 +191,10 @@ def aggregate_class_gradients(
                 continue
             counts = np.minimum(counts, wanted)
         sent = np.flatnonzero(counts > 0)
-        grads = np.asarray(arrays["grads"], dtype=np.float32)  # float16 uploads upcast here
-        if grads.shape != (len(sent), dim):
-            log.warning(
-                "rejected class gradients of client %d: shape %s, expected %s",
-                cid,
-                grads.shape,
-                (len(sent), dim),
-            )
+        try:  # float16 and integer uploads are decoded to float32 here
+            grads = (codec or RowCodec(((dim,),))).decode(arrays, len(sent))
+        except DecodeError as err:
+            log.warning("rejected class gradients of client %d: %s", cid, err)
             rejected.append(cid)
             continue
         for row, c in enumerate(sent):

@@ -8,7 +8,7 @@ no global figure manager and needs no display; the caller saves them
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from distdd_nas.distill.result import DistilledSet
 from distdd_nas.report.metrics import CostComparison, kendall_tau, spearman_rho
+from distdd_nas.report.units import format_bytes
 
 _ROLES = (("top", "o", "C0"), ("control", "s", "C1"), ("reference", "*", "C2"))
 
@@ -26,10 +27,6 @@ def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig
-
-
-def _mib(nbytes: float) -> str:
-    return f"{nbytes / 2**20:,.1f} MiB" if nbytes < 2**30 else f"{nbytes / 2**30:,.2f} GiB"
 
 
 def image_grid_figure(
@@ -115,72 +112,69 @@ def proxy_vs_fedavg_figure(
     x: str = "proxy_score",
     y: str = "fedavg_accuracy",
     tau: float | None = None,
+    rounds: int | None = None,
 ) -> Figure:
-    """Proxy score vs FedAvg accuracy, annotated with Kendall τ and Spearman ρ."""
+    """Proxy score vs real FedAvg accuracy, both in %, one labelled point per validated
+    candidate (its proxy rank; ``ref`` for the study's reference), annotated with Kendall τ
+    and Spearman ρ over these points."""
     t = kendall_tau(validation[x], validation[y]) if tau is None else tau
     rho = spearman_rho(validation[x], validation[y])
+    shown = validation.assign(**{x: 100 * validation[x], y: 100 * validation[y]})
     fig = scatter_figure(
-        validation,
+        shown,
         x=x,
         y=y,
-        title=f"proxy score vs FedAvg accuracy ({len(validation)} candidates)",
+        title=f"proxy score vs real FedAvg accuracy ({len(validation)} validated candidates)",
     )
     ax = fig.axes[0]
+    ax.set_xlabel("proxy score: accuracy after training on the distilled set (%)")
+    ax.set_ylabel("real FedAvg test accuracy (%)" + (f" after {rounds} rounds" if rounds else ""))
     ax.text(
         0.02,
         0.98,
-        f"Kendall τ = {t:.2f}\nSpearman ρ = {rho:.2f}",
+        f"Kendall τ = {t:.2f}\nSpearman ρ = {rho:.2f}\nn = {len(validation)}",
         transform=ax.transAxes,
         va="top",
         ha="left",
         fontsize=8,
         bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
     )
-    if "candidate_id" in validation:
-        for _, row in validation.iterrows():
-            ax.annotate(
-                str(row["candidate_id"])[:6],
-                (row[x], row[y]),
-                fontsize=5,
-                alpha=0.6,
-                xytext=(2, 2),
-                textcoords="offset points",
-            )
-    return fig
-
-
-def bars_figure(values: Mapping[str, float], *, title: str, ylabel: str) -> Figure:
-    """Bars on a log scale, labelled with their size in MiB."""
-    fig = _figure(max(5.0, 1.1 * len(values) + 1), 3.5)
-    ax = fig.subplots()
-    names = list(values)
-    heights = [max(float(v), 1.0) for v in values.values()]
-    ax.bar(names, heights, color=[f"C{i}" for i in range(len(names))])
-    ax.set_yscale("log")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    for i, v in enumerate(values.values()):
-        ax.text(i, max(float(v), 1.0), _mib(float(v)), ha="center", va="bottom", fontsize=7)
-    ax.tick_params(axis="x", labelsize=7)
+    for _, row in shown.iterrows():
+        rank = f"#{int(row['proxy_rank'])}" if "proxy_rank" in row else str(row["candidate_id"])
+        label = f"ref {rank}" if bool(row.get("reference", False)) else rank
+        ax.annotate(label, (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     return fig
 
 
 def communication_figure(cost: CostComparison) -> Figure:
-    """DistDD's stages and total against FedAvg for every candidate (bytes, log scale)."""
-    values = {
-        "distil": cost.distill_bytes,
-        "search": cost.search_bytes,
-        "validate": cost.validate_bytes,
-        "DistDD total": cost.distdd_bytes,
-        "FedAvg-NAS": cost.fedavg_nas_bytes,
-    }
-    ratio = "∞" if math.isinf(cost.comm_ratio) else f"{cost.comm_ratio:.1f}×"
-    return bars_figure(
-        values,
-        ylabel="bytes (log scale)",
-        title=f"communication: FedAvg per candidate / DistDD = {ratio} "
-        f"({cost.n_candidates} candidates)",
+    """Total bytes of the two ways to search: DistDD (distil + proxy scoring + validation,
+    stacked) against FedAvg for every distinct candidate, each bar labelled in MB."""
+    fig = _figure(5.5, 3.8)
+    ax = fig.subplots()
+    bottom = 0.0
+    for i, (part, nbytes) in enumerate(
+        (
+            ("distil", cost.distill_bytes),
+            ("proxy scoring", cost.search_bytes),
+            ("validation", cost.validate_bytes),
+        )
+    ):
+        ax.bar(["DistDD search"], [nbytes / 1e6], bottom=[bottom], color=f"C{i}", label=part)
+        bottom += nbytes / 1e6
+    ax.bar(
+        [f"FedAvg per candidate\n({cost.n_candidates} candidates)"],
+        [cost.fedavg_nas_bytes / 1e6],
+        color="C3",
+        label="FedAvg for every candidate",
     )
+    for i, total in enumerate((cost.distdd_bytes, cost.fedavg_nas_bytes)):
+        ax.text(i, total / 1e6, format_bytes(total), ha="center", va="bottom", fontsize=8)
+    ratio = "∞" if math.isinf(cost.comm_ratio) else f"{cost.comm_ratio:.2f}×"
+    ax.set_ylabel("bytes sent, up + down (MB)")
+    ax.set_title(f"total bytes: FedAvg-based / DistDD-based search = {ratio}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
 
 
 def history_figure(trials: pd.DataFrame, *, value: str = "value") -> Figure:
@@ -204,7 +198,6 @@ def history_figure(trials: pd.DataFrame, *, value: str = "value") -> Figure:
 
 
 __all__ = [
-    "bars_figure",
     "communication_figure",
     "distilled_grid_figure",
     "history_figure",

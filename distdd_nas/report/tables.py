@@ -30,6 +30,7 @@ RANKING_COLUMNS = (
 VALIDATION_COLUMNS = (
     "candidate_id",
     "selected_as",
+    "reference",
     "proxy_rank",
     "proxy_score",
     "fedavg_rank",
@@ -75,6 +76,28 @@ def validation_table(validation: pd.DataFrame) -> pd.DataFrame:
     return _pick(frame, VALIDATION_COLUMNS).reset_index(drop=True)
 
 
+#: Columns shown in percent (accuracies in [0, 1]) and in MB (bytes) in the Markdown report.
+PERCENT_COLUMNS = ("proxy_score", "fedavg_accuracy", "value")
+MB_COLUMNS = ("bytes_up", "bytes_down")
+
+
+def for_reading(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with accuracies in % and bytes in MB, the units in the column names, and
+    ``params_`` dropped from parameter columns (the CSV files keep raw values)."""
+    out = frame.copy()
+    renames: dict[str, str] = {}
+    for col in out.columns:
+        if col in PERCENT_COLUMNS:
+            out[col] = 100 * out[col].astype(float)
+            renames[col] = f"{col} (%)"
+        elif col in MB_COLUMNS:
+            out[col] = out[col].astype(float) / 1e6
+            renames[col] = f"{col} (MB)"
+        elif str(col).startswith("params_"):
+            renames[col] = str(col)[len("params_") :]
+    return out.rename(columns=renames)
+
+
 def markdown_table(frame: pd.DataFrame, *, floatfmt: str = ".4f") -> str:
     """A GitHub-flavoured Markdown table of ``frame`` (floats formatted with ``floatfmt``)."""
 
@@ -91,4 +114,4 @@ def markdown_table(frame: pd.DataFrame, *, floatfmt: str = ".4f") -> str:
     return "\n".join([header, rule, *body])
 
 
-__all__ = ["markdown_table", "ranking_table", "trials_table", "validation_table"]
+__all__ = ["for_reading", "markdown_table", "ranking_table", "trials_table", "validation_table"]

@@ -97,6 +97,11 @@ class ProxyScorer:
         seed: Study seed; each candidate's seeds derive from it and its ``candidate_id``.
         seeds: Models trained per candidate (the score is their mean).
         report_every: Epochs between intermediate values (default: about ten per run).
+        intermediate: Report intermediate values at all. They are the objective's own signal
+            (the same scoring as the final value: server holdout, or a metered federated
+            evaluation whose bytes count in the trial's), so a pruner compares like with like;
+            off by default: without a pruner nothing reads them (the search stage turns them
+            on when ``search.pruner`` is set).
         virtual_examples: Total size of the virtual clients of simulated FedAvg (None: real).
     """
 
@@ -110,6 +115,7 @@ class ProxyScorer:
     seed: int = 0
     seeds: int = 1
     report_every: int | None = None
+    intermediate: bool = False
     virtual_examples: int | None = 2000
     _rounds: Iterator[int] = field(
         default_factory=lambda: itertools.count(1), init=False, repr=False
@@ -166,13 +172,8 @@ class ProxyScorer:
         images, labels = self.distilled.images, self.distilled.labels
 
         def on_epoch(epoch: int, net: torch.nn.Module) -> None:
-            if (epoch + 1) % every == 0 and epoch + 1 < epochs:
-                if self.scoring == "server_holdout":
-                    assert self.holdout is not None
-                    value = evaluate_model(net, self.holdout.images, self.holdout.labels)[1]
-                else:
-                    value = evaluate_model(net, images, labels)[1]
-                report(epoch + 1, float(value))
+            if self.intermediate and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+                report(epoch + 1, self.score_model(net, candidate=candidate))
 
         train_model(
             model,
@@ -194,7 +195,7 @@ class ProxyScorer:
         test = self.holdout if self.scoring == "server_holdout" else synthetic
 
         def on_round(row: Mapping[str, float]) -> None:
-            if not np.isnan(row["test_accuracy"]):
+            if self.intermediate and not np.isnan(row["test_accuracy"]):
                 report(int(row["round"]), float(row["test_accuracy"]))
 
         result = simulated_fedavg(

@@ -7,7 +7,7 @@ import pandas as pd
 from distdd_nas.errors import ConfigError
 from distdd_nas.seeding import numpy_rng
 
-SELECTED_AS = ("top", "control")
+SELECTED_AS = ("top", "control", "reference")
 
 
 def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -29,14 +29,17 @@ def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def select_for_validation(
-    ranking: pd.DataFrame, *, top_k: int, n_random: int, seed: int
+    ranking: pd.DataFrame, *, top_k: int, n_random: int, seed: int, reference: bool = False
 ) -> pd.DataFrame:
-    """The top-k by proxy score plus ``n_random`` seeded random controls from the rest.
+    """The top-k by proxy score plus ``n_random`` seeded random controls from the rest, plus
+    (``reference``) the study's reference configuration (the row whose ``reference`` column is
+    true) if neither group holds it.
 
-    Adds ``selected_as`` = ``top`` | ``control``; rows stay in proxy-rank order within each
-    group. The controls keep the correlation honest: a proxy can order its favourites well and
-    still mis-rank the field (see distdd-notes.md). With fewer candidates than asked for, all
-    of them are selected.
+    Adds ``selected_as`` = ``top`` | ``control`` | ``reference``; rows stay in proxy-rank order
+    within each group. The controls keep the correlation honest: a proxy can order its
+    favourites well and still mis-rank the field (see distdd-notes.md); the reference answers
+    "did searching beat what the study would have trained anyway?". With fewer candidates than
+    asked for, all of them are selected.
 
     Raises:
         ConfigError: ``top_k`` < 1 or ``n_random`` < 0.
@@ -52,11 +55,17 @@ def select_for_validation(
     top = ranked.head(top_k).assign(selected_as="top")
     rest = ranked.iloc[top_k:]
     k = min(n_random, len(rest))
-    if not k:
-        return top.reset_index(drop=True)
-    picks = numpy_rng(seed, "validation", "controls").choice(len(rest), size=k, replace=False)
-    controls = rest.iloc[sorted(int(i) for i in picks)].assign(selected_as="control")
-    return pd.concat([top, controls], ignore_index=True)
+    parts = [top]
+    if k:
+        rng = numpy_rng(seed, "validation", "controls")
+        picks = rng.choice(len(rest), size=k, replace=False)
+        parts.append(rest.iloc[sorted(int(i) for i in picks)].assign(selected_as="control"))
+    chosen = pd.concat(parts, ignore_index=True)
+    if reference and "reference" in ranked:
+        refs = ranked[ranked["reference"].astype(bool)]
+        if len(refs) and not chosen["candidate_id"].isin(refs["candidate_id"]).any():
+            chosen = pd.concat([chosen, refs.head(1).assign(selected_as="reference")])
+    return chosen.reset_index(drop=True)
 
 
 __all__ = ["SELECTED_AS", "rank_trials", "select_for_validation"]

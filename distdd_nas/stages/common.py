@@ -4,18 +4,29 @@ the config sections each stage's output depends on (its fingerprint)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from distdd_nas.artifacts import write_atomic
 from distdd_nas.config import StudyConfig, fingerprint
 
-#: Progress callback: (steps done, steps total, latest metrics).
-Progress = Callable[[int, int, dict[str, float]], None]
+
+class Progress(Protocol):
+    """Where a stage says how far it is (the CLI draws bars from it; the library never prints).
+
+    ``task`` names the phase: ``distil`` (iterations), ``evaluate`` (networks trained on the
+    distilled set and on random real subsets), ``search`` (trials), ``validate`` (candidates),
+    ``fedavg`` (rounds), ``groundtruth`` (trainings). ``done`` of ``total`` units are finished;
+    a call with ``done == 0`` announces the phase, one with ``done == total`` ends it; ``info``
+    holds the latest metrics (e.g. ``test_accuracy``, ``best``).
+    """
+
+    def __call__(self, task: str, done: int, total: int, info: Mapping[str, float]) -> None: ...
+
 
 #: Config sections each stage's output depends on.
 PARTITION_SECTIONS = ("study", "data", "partition", "noise")

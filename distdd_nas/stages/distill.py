@@ -23,7 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from distdd_nas.artifacts import is_complete, load_npz, locked, read_manifest, stage, verify
+from distdd_nas.artifacts import (
+    dumps_json,
+    is_complete,
+    load_json,
+    load_npz,
+    locked,
+    read_manifest,
+    stage,
+    verify,
+    write_atomic,
+)
 from distdd_nas.config import fingerprint
 from distdd_nas.distill import (
     DistilledSet,
@@ -99,7 +109,7 @@ def distill_cached(
 
         def on_iteration(row: dict[str, float]) -> None:
             if progress is not None:
-                progress(int(row["iteration"]) + 1, total, row)
+                progress("distil", int(row["iteration"]) + 1, total, row)
 
         resume = path.with_name(path.name + ".resume.pt")
         result, ledger = on_configured_engine(
@@ -164,7 +174,7 @@ def run_distill_stage(
     fp = fingerprint(config, DISTILL_SECTIONS)
     cached, hit = distill_cached(study, cache, progress=progress)
     manifest = read_manifest(cached) or {}
-    summary = evaluate_distilled(study, load_distilled(cached))
+    summary = evaluation_cached(study, cached, progress=progress)
     summary.update(
         {
             "ipc": config.distill.ipc,
@@ -189,11 +199,60 @@ def run_distill_stage(
     return StageOutcome(path, summary)
 
 
-def evaluate_distilled(study: Study, synthetic: DistilledSet) -> dict[str, Any]:
+#: Keys of an evaluation record (a cached record lacking one is recomputed).
+EVALUATION_KEYS = ("test_accuracy_mean", "test_accuracies", "random_real_accuracy_mean")
+
+
+def evaluation_cached(
+    study: Study, cached: Path, *, progress: Progress | None = None
+) -> dict[str, Any]:
+    """The distilled set's evaluation, kept beside the set in the cache: ``<entry>.eval-<fp>
+    .json``, keyed by the evaluation protocol (``distill.eval``) and the thread count, so a
+    second ``run`` (or another run directory sharing the cache) trains no network twice. A
+    missing or unreadable record is recomputed (it is derived data)."""
+    record = cached.with_name(f"{cached.name}.eval-{evaluation_fingerprint(study)}.json")
+    verify(cached)  # a record speaks for the set only while the set is what was written
+    try:
+        summary = load_json(record)
+        if isinstance(summary, dict) and all(k in summary for k in EVALUATION_KEYS):
+            return {**summary, "evaluation_cache_hit": True}
+    except ArtifactError:
+        pass
+    summary = evaluate_distilled(study, load_distilled(cached), progress=progress)
+    write_atomic(record, dumps_json(summary))
+    return {**summary, "evaluation_cache_hit": False}
+
+
+def evaluation_fingerprint(study: Study) -> str:
+    """What an evaluation of a distilled set depends on beyond the set: the protocol and the
+    thread count (float rounding)."""
+    return fingerprint(
+        study.config,
+        (),
+        extra={
+            "eval": study.config.distill.eval.model_dump(mode="json"),
+            "threads": torch.get_num_threads(),
+        },
+    )
+
+
+def evaluate_distilled(
+    study: Study, synthetic: DistilledSet, *, progress: Progress | None = None
+) -> dict[str, Any]:
     """DC's evaluation of the synthetic set plus same-ipc random real subsets (a centralized
     reference: the server never holds real data; labelled as such)."""
     config, fed = study.config, study.federation
     seed = config.study.seed
+    total = 2 * config.distill.eval.num_models
+    trained: list[float] = []
+
+    def on_model(accuracy: float) -> None:
+        trained.append(accuracy)
+        if progress is not None:
+            progress("evaluate", len(trained), total, {"test_accuracy": accuracy})
+
+    if progress is not None:
+        progress("evaluate", 0, total, {})
     mean, std, accs = evaluate_synthetic(
         synthetic.images,
         synthetic.labels,
@@ -201,6 +260,7 @@ def evaluate_distilled(study: Study, synthetic: DistilledSet) -> dict[str, Any]:
         test=fed.test,
         settings=config.distill.eval,
         seed=derive_seed(seed, "eval", "synthetic"),
+        on_model=on_model,
     )
     r_mean, r_std, r_accs = evaluate_random_real(
         fed.train,
@@ -210,6 +270,7 @@ def evaluate_distilled(study: Study, synthetic: DistilledSet) -> dict[str, Any]:
         test=fed.test,
         settings=config.distill.eval,
         seed=derive_seed(seed, "eval", "random_real"),
+        on_model=on_model,
     )
     return {
         "test_accuracy_mean": mean,

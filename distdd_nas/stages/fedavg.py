@@ -21,7 +21,7 @@ def run_fedavg_stage(study: Study, out: Path, *, progress: Progress | None = Non
 
     def on_round(row: dict[str, float]) -> None:
         if progress is not None:
-            progress(int(row["round"]), rounds, row)
+            progress("fedavg", int(row["round"]), rounds, row)
 
     result, ledger = on_configured_engine(study, "fedavg", on_row=on_round)
     summary = {

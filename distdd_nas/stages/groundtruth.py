@@ -166,7 +166,8 @@ def run_groundtruth_stage(
             engine.close()
         curves_file.append(rows)
         if progress is not None:
-            progress(i + 1, len(units), {"test_accuracy": float(rows["test_accuracy"].iloc[-1])})
+            last = {"test_accuracy": float(rows["test_accuracy"].iloc[-1])}
+            progress("groundtruth", i + 1, len(units), last)
     curves = _whole_units(curves_file, plan.rounds)
     finished = len(_units_in(curves))
     if finished < len(units):  # other shards are still training

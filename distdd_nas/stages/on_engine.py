@@ -67,9 +67,12 @@ def distill_on(
     *,
     on_row: OnRow | None = None,
     checkpoint: Checkpointer | None = None,
+    seed: int | None = None,
 ) -> DistillResult:
     """The study's DistDD run on any engine (image shape and class count are metadata the
-    server knows, not data), resuming from ``checkpoint`` where it holds a state."""
+    server knows, not data), resuming from ``checkpoint`` where it holds a state. ``seed``:
+    the distillation's root seed (None: ``study.seed``); only the distillation changes with
+    it, not the data, partition or evaluation (benches repeat a distillation this way)."""
     like = study.federation.train
     return run_distill(
         engine,
@@ -78,7 +81,7 @@ def distill_on(
         num_classes=like.num_classes,
         settings=study.config.distill,
         fraction=study.config.federation.fraction,
-        seed=study.config.study.seed,
+        seed=study.config.study.seed if seed is None else seed,
         test=study.federation.test if study.config.distill.eval_every else None,
         on_iteration=on_row,
         quorum=study.quorum,

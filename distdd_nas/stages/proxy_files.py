@@ -77,6 +77,7 @@ def save_proxy_inputs(
         "seed": s.seed,
         "seeds": s.seeds,
         "report_every": s.report_every,
+        "intermediate": s.intermediate,
         "virtual_examples": s.virtual_examples,
         "candidates": objective.candidates.to_dict(),
         "study_config": dict(study_config) if s.scoring == "federated" and study_config else None,
@@ -143,6 +144,7 @@ def load_proxy_objective(*, path: str) -> ProxyObjective:
         seed=int(meta["seed"]),
         seeds=int(meta["seeds"]),
         report_every=meta["report_every"],
+        intermediate=bool(meta.get("intermediate", False)),
         virtual_examples=meta["virtual_examples"],
     )
     return ProxyObjective(scorer=scorer, candidates=CandidateFactory.from_dict(meta["candidates"]))

@@ -21,6 +21,7 @@ from distdd_nas.report import (
     render_markdown,
     study_summary,
 )
+from distdd_nas.report.answer import study_answer
 from distdd_nas.stages.common import StageOutcome
 from distdd_nas.stages.distill import distilled_dir, load_distilled
 from distdd_nas.stages.validate import read_trials
@@ -68,6 +69,8 @@ def run_report_stage(study: Study, out: Path, *, cache: Path) -> StageOutcome:
         "distilled_accuracy": distill.get("test_accuracy_mean"),
         "random_real_accuracy": distill.get("random_real_accuracy_mean"),
         "storage": search.get("storage"),
+        "validation_study": validated.get("validation_study"),
+        **study_answer(validation),
     }
     summary = study_summary(
         validation=validation,
@@ -78,7 +81,7 @@ def run_report_stage(study: Study, out: Path, *, cache: Path) -> StageOutcome:
     )
     like = study.federation.train
     figures = {
-        "proxy_vs_fedavg.png": proxy_vs_fedavg_figure(validation),
+        "proxy_vs_fedavg.png": proxy_vs_fedavg_figure(validation, rounds=rounds),
         "communication.png": communication_figure(cost),
         "history.png": history_figure(trials),
         "grid.png": distilled_grid_figure(

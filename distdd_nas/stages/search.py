@@ -17,6 +17,7 @@ import pandas as pd
 from distdd_nas.artifacts import stage_in_place
 from distdd_nas.config import StudyConfig, fingerprint
 from distdd_nas.search.backends import create_backend
+from distdd_nas.search.backends.optuna_views import name_metric
 from distdd_nas.search.fedavg_objective import (
     CurveObjective,
     FedAvgObjective,
@@ -99,6 +100,7 @@ def make_objective(study: Study, distilled_path: Path, search_dir: Path) -> Any:
         seed=config.study.seed,
         seeds=sc.seeds_per_trial,
         virtual_examples=sc.virtual_examples,
+        intermediate=sc.pruner != "none",
     )
     objective = ProxyObjective(scorer=scorer, candidates=study.candidates)
     if sc.backend == "nni":  # NNI trials run in subprocesses: they rebuild it from files
@@ -151,6 +153,10 @@ def replay_fedavg_search(
     return backend.optimize(objective, n_trials=study.config.search.n_trials)
 
 
+def _best(values: list[float]) -> dict[str, float]:
+    return {"best": max(values)} if values else {}
+
+
 def run_search_stage(
     study: Study, out: Path, *, cache: Path, progress: Progress | None = None
 ) -> StageOutcome:
@@ -171,15 +177,25 @@ def run_search_stage(
     storage = sc.storage or f"sqlite:///{(search_dir / 'optuna.db').resolve()}"
     study_name = f"{config.study.name}-{search_fingerprint(config)}"
     backend = make_backend(study, storage=storage, study_name=study_name, workdir=search_dir)
-    seen: list[float] = []
+    before = backend.trials_frame()  # a resumed study starts where it stopped
+    before = before[before["state"].isin(["COMPLETE", "PRUNED"])]
+    seen: list[float] = [float(v) for v in before["value"].dropna()]
+    done = [len(before)]
+    if progress is not None:
+        progress("search", min(done[0], sc.n_trials), sc.n_trials, _best(seen))
 
     def on_trial(row: dict[str, Any]) -> None:
         value = row.get("value")
-        seen.append(float(value) if isinstance(value, int | float) else math.nan)
+        if row.get("state") in ("COMPLETE", "PRUNED"):
+            done[0] += 1
+            if isinstance(value, int | float) and not math.isnan(value):
+                seen.append(float(value))
         if progress is not None:
-            best = max((v for v in seen if not math.isnan(v)), default=math.nan)
-            progress(len(seen), sc.n_trials, {"best": best})
+            progress("search", min(done[0], sc.n_trials), sc.n_trials, _best(seen))
 
+    if sc.backend == "optuna":
+        metric = "fedavg_accuracy" if sc.objective == "fedavg" else "proxy_score"
+        name_metric(storage, study_name, metric)
     trials = backend.optimize(
         objective, n_trials=sc.n_trials, timeout_s=sc.timeout_s, callback=on_trial
     )

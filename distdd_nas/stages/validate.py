@@ -25,6 +25,8 @@ from distdd_nas.errors import ArtifactError
 from distdd_nas.evidence.statistics import tau_interval as bootstrap_tau
 from distdd_nas.fedavg import FedAvgSettings, run_fedavg
 from distdd_nas.report.metrics import ranking_metrics
+from distdd_nas.search.backends.optuna_views import VALIDATION_SUFFIX, publish_validation
+from distdd_nas.search.candidate import PARAM_PREFIX, params_from_row
 from distdd_nas.search.ranking import rank_trials, select_for_validation
 from distdd_nas.seeding import derive_seed
 from distdd_nas.stages.common import (
@@ -89,6 +91,7 @@ def run_validate_stage(
         top_k=v.top_k,
         n_random=v.n_random,
         seed=derive_seed(config.study.seed, "validate"),
+        reference=v.reference,
     )
     base = study.fedavg_settings
     if v.rounds is not None:
@@ -96,12 +99,15 @@ def run_validate_stage(
     progress_dir = out / ".validate-progress" / fp
     progress_dir.mkdir(parents=True, exist_ok=True)
     rows, ledgers = [], []
+    if progress is not None:
+        progress("validate", 0, len(selection), {})
     for i, row in selection.iterrows():
         record, ledger = _validated(study, row, base=base, progress_dir=progress_dir)
         rows.append(record)
         ledgers.append(ledger)
         if progress is not None:
-            progress(int(i) + 1, len(selection), {"test_accuracy": record["fedavg_accuracy"]})
+            info = {"test_accuracy": record["fedavg_accuracy"]}
+            progress("validate", int(i) + 1, len(selection), info)
     table = pd.DataFrame(rows)
     summary = {
         "n_validated": len(table),
@@ -114,12 +120,17 @@ def run_validate_stage(
         "bytes_down": int(table["bytes_down"].sum()),
         "wall_s": time.perf_counter() - start,
     }
+    search = load_json(out / "search" / "summary.json")
+    if config.search.backend == "optuna":
+        summary["validation_study"] = search["study_name"] + VALIDATION_SUFFIX
     with stage(out / "validate", fingerprint=fp) as w:
         w.csv("validation.csv", table)
         w.csv("ranking.csv", ranking)
         w.csv("ledger.csv", pd.concat(ledgers, ignore_index=True))
         w.json("summary.json", summary)
     shutil.rmtree(out / ".validate-progress", ignore_errors=True)
+    if config.search.backend == "optuna":  # a view for Optuna's tools, after the stage is safe
+        publish_validation(search["storage"], search["study_name"], table, study.space)
     return StageOutcome(out / "validate", summary)
 
 
@@ -148,6 +159,7 @@ def _validated(
         "candidate_id": candidate.candidate_id,
         "selected_as": row["selected_as"],
         "proxy_rank": int(row["proxy_rank"]),
+        "number": int(row["number"]),
         "proxy_score": float(row["value"]),
         "fedavg_accuracy": result.test_accuracy,
         "model": candidate.arch.short_name(),
@@ -156,6 +168,8 @@ def _validated(
         "bytes_up": engine.ledger.bytes_up,
         "bytes_down": engine.ledger.bytes_down,
         "wall_s": result.wall_s,
+        "reference": bool(row.get("reference", False)),
+        **{f"{PARAM_PREFIX}{k}": v for k, v in params_from_row(row.to_dict()).items()},
     }
     ledger = engine.ledger.to_frame().assign(candidate_id=candidate.candidate_id)
     write_atomic(ledger_file, ledger.to_csv(index=False, lineterminator="\n"))

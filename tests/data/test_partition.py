@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from distdd_nas.config import StudyConfig, fingerprint, from_dict
 from distdd_nas.data import (
     DirichletPartitioner,
     FederatedSplit,
@@ -19,7 +21,7 @@ from distdd_nas.data import (
     ShardPartitioner,
     make_partitioner,
 )
-from distdd_nas.errors import ConfigError, DataError
+from distdd_nas.errors import ConfigError, DataError, MissingDependencyError
 
 NUM_CLASSES = 10
 
@@ -255,6 +257,37 @@ def test_make_partitioner_builds_each_method_with_its_arguments() -> None:
     assert make_partitioner("quantity", **kwargs) == QuantitySkewPartitioner(
         num_clients=4, alpha=0.3
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# partition.library: the choice itself (flwr-datasets' splits: test_flwr_partition.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_unknown_library_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"unknown partition library 'flower'.*flwr_datasets"):
+        make_partitioner("dirichlet", library="flower", num_clients=4)
+
+
+def test_quantity_has_no_flwr_datasets_counterpart() -> None:
+    with pytest.raises(ConfigError, match=r"'quantity' has no flwr-datasets counterpart"):
+        make_partitioner("quantity", library="flwr_datasets", num_clients=4)
+
+
+def test_flwr_datasets_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "flwr_datasets", None)  # find_spec: not installed
+    with pytest.raises(MissingDependencyError, match=r"install the flower extra"):
+        make_partitioner("dirichlet", library="flwr_datasets", num_clients=4)
+
+
+def test_the_default_library_leaves_dumps_and_fingerprints_as_they_were() -> None:
+    """Fingerprints and ground-truth identities made before ``library`` existed stay valid;
+    choosing flwr-datasets is a different partition, so a different fingerprint."""
+    default, flower = StudyConfig(), from_dict({"partition": {"library": "flwr_datasets"}})
+    assert "library" not in default.to_dict()["partition"]
+    assert flower.to_dict()["partition"]["library"] == "flwr_datasets"
+    assert from_dict(default.to_dict()) == default and from_dict(flower.to_dict()) == flower
+    assert fingerprint(default, ["partition"]) != fingerprint(flower, ["partition"])
 
 
 # ---------------------------------------------------------------------------------------------

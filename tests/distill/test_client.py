@@ -163,6 +163,6 @@ def test_float16_upload_is_the_float32_gradient_rounded(digits: DatasetSplits) -
 def test_unknown_grad_dtype_is_a_config_error(digits: DatasetSplits) -> None:
     (client,) = make_clients(digits.train, [np.arange(100)])
     msg = _request(TINY, np.full(10, 2))
-    bad = Message(arrays=msg.arrays, config={**msg.config, "grad_dtype": "int8"})
-    with pytest.raises(ConfigError, match="grad_dtype 'int8' is unsupported; use float32 or"):
+    bad = Message(arrays=msg.arrays, config={**msg.config, "grad_dtype": "int3"})
+    with pytest.raises(ConfigError, match="grad_dtype 'int3' is unsupported; use float32 or"):
         class_gradients(client, bad)

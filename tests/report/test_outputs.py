@@ -40,7 +40,7 @@ def test_markdown_table_formats_and_escapes() -> None:
 
 
 def test_figures_render_and_save(tmp_path: Path) -> None:
-    v = validation().assign(selected_as=["top", "control"])
+    v = validation().assign(selected_as=["top", "control"], proxy_rank=[1, 2])
     fig = proxy_vs_fedavg_figure(v)
     assert isinstance(fig, Figure)
     assert "Kendall τ = 1.00" in " ".join(t.get_text() for t in fig.axes[0].texts)
@@ -53,8 +53,16 @@ def test_figures_render_and_save(tmp_path: Path) -> None:
         distill_bytes=10**6,
     )
     comm = communication_figure(cost)
-    assert comm.axes[0].get_yscale() == "log"
-    assert len(comm.axes[0].patches) == 5
+    texts = [t.get_text() for t in comm.axes[0].texts]
+    # the two totals, labelled
+    totals = (cost.distdd_bytes, cost.fedavg_nas_bytes)
+    assert texts == [f"{b / 1e6:,.1f} MB" for b in totals]
+    assert len(comm.axes[0].patches) == 4  # three stacked DistDD parts + FedAvg-NAS
+    heights = [p.get_height() for p in comm.axes[0].patches]
+    assert sum(heights[:3]) * 1e6 == pytest.approx(cost.distdd_bytes)
+    assert comm.axes[0].get_ylabel() == "bytes sent, up + down (MB)"
+    labels = [t.get_text() for t in fig.axes[0].texts[1:]]
+    assert sorted(labels) == ["#1", "#2"] and "(%)" in fig.axes[0].get_xlabel()
     hist = history_figure(
         trials().assign(
             value=[0.1, 0.5, 0.3, 0.2, np.nan], reference=[True, False, False, False, False]

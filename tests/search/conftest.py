@@ -85,6 +85,7 @@ def holdout_scorer(
         fedavg=fedavg_base,
         seed=0,
         virtual_examples=200,
+        intermediate=True,  # as the search stage sets it when a pruner reads them
     )
 
 

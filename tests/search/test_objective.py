@@ -54,6 +54,27 @@ def test_holdout_scoring_is_seeded_and_reports_intermediate_values(
     assert all(0.0 <= v <= 1.0 for _, v in steps)
 
 
+def test_intermediate_values_are_the_federated_objective_and_metered(
+    federated_scorer: ProxyScorer, federation: Federation, factory: CandidateFactory
+) -> None:
+    """What a pruner compares is the objective itself (a federated evaluation on the clients'
+    holdouts, each one metered), never accuracy on the distilled set; off, nothing is sent."""
+    params = {"arch.depth": 1, "arch.width": 4}
+    objective = ProxyObjective(scorer=federated_scorer, candidates=factory)
+    quiet: list[tuple[int, float]] = []
+    value, plain = objective(params, lambda s, v: quiet.append((s, v)))
+    federated_scorer.intermediate = True
+    steps: list[tuple[int, float]] = []
+    again, attrs = objective(params, lambda s, v: steps.append((s, v)))
+    assert quiet == [] and again == value  # the final score does not depend on the reports
+    assert [s for s, _ in steps] == [1, 2, 3, 4, 5]  # every epoch but the last (6 epochs)
+    assert attrs["bytes_down"] == (len(steps) + 1) * plain["bytes_down"]  # each one metered
+    pooled = sum(len(c.holdout_indices) for c in federation.clients)
+    assert pooled != len(federated_scorer.distilled.labels)
+    for _, v in steps:  # correct / pooled holdout size, not a fraction of the distilled set
+        assert v * pooled == pytest.approx(round(v * pooled))
+
+
 def test_pruning_stops_training(holdout_scorer: ProxyScorer, factory: CandidateFactory) -> None:
     def prune(step: int, value: float) -> None:
         raise Pruned(f"step {step}")

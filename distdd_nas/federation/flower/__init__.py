@@ -12,6 +12,7 @@ One module per job, imported on demand (this package imports nothing, so it load
 * :mod:`.simulation` — the simulation runtime (Ray), :func:`~.simulation.run_on_simulation`.
 * :mod:`.deployment` — the deployment runtime (SuperLink + SuperNodes on loopback),
   :func:`~.deployment.run_on_deployment`.
+* :mod:`.security` — TLS certificates and SuperNode authentication keys for it.
 * :mod:`.runtime` — :func:`~.runtime.run_on_flower` (the runtime a study names) and the
   runtimes' public names in one place.
 

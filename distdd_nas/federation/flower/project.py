@@ -89,12 +89,22 @@ def write_app_project(
     return path
 
 
-def write_cli_config(flwr_home: Path, *, name: str, port: int) -> None:
-    """Write the ``flwr`` CLI's ``config.toml``: SuperLink ``name`` on loopback ``port``."""
+def write_cli_config(
+    flwr_home: Path, *, name: str, port: int, root_certificates: Path | None = None
+) -> None:
+    """Write the ``flwr`` CLI's ``config.toml``: SuperLink ``name`` on loopback ``port``.
+
+    With ``root_certificates`` (the CA that signed the SuperLink's certificate) the CLI talks
+    TLS and verifies the SuperLink; without, ``insecure = true`` (plain HTTP).
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
+    if root_certificates is None:
+        tls = "insecure = true"
+    else:
+        tls = f"root-certificates = {_toml_value(str(Path(root_certificates).resolve()))}"
     text = (
         f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
-        f'address = "{LOOPBACK}:{port}"\ninsecure = true\n'
+        f'address = "{LOOPBACK}:{port}"\n{tls}\n'
     )
     write_atomic(flwr_home / "config.toml", text)
 

@@ -39,12 +39,15 @@ def run_on_flower(
 ) -> FlowerRunResult:
     """Run ``server_fn`` on the runtime named by ``config.federation.flower_backend``.
 
-    ``options`` go to :func:`run_on_simulation` or :func:`run_on_deployment`.
+    ``options`` go to :func:`run_on_simulation` or :func:`run_on_deployment`; the deployment
+    runtime is secured (TLS, SuperNode authentication) unless ``federation.flower_secure`` is
+    false or ``options`` say ``secure=False``.
     """
     backend = config.federation.flower_backend
     if backend == "simulation":
         return run_on_simulation(config, server_fn=server_fn, out_dir=out_dir, **options)
     if backend == "deployment":
+        options.setdefault("secure", config.federation.flower_secure)
         return run_on_deployment(config, server_fn=server_fn, out_dir=out_dir, **options)
     raise ConfigError(
         f"unknown federation.flower_backend {backend!r}; use simulation or deployment"

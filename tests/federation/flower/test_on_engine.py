@@ -42,9 +42,31 @@ def test_distill_on_flower_simulation_equals_inprocess() -> None:
 
 @pytest.mark.flower
 @pytest.mark.timeout(480)
-def test_fedavg_on_flower_deployment_matches_inprocess() -> None:
+def test_fedavg_on_flower_deployment_matches_inprocess(monkeypatch: pytest.MonkeyPatch) -> None:
     """With failing clients: the SuperNodes' ClientApps raise, the engine skips those replies
-    and the quorum re-sends the round, exactly as in-process."""
+    and the quorum re-sends the round, exactly as in-process — over TLS with authenticated
+    SuperNodes (the default): the run really served HTTPS, wrote the certificates and node
+    keys, registered both nodes and gave each an id."""
+    from distdd_nas.federation.flower import runtime
+
+    transport: list[dict[str, object]] = []
+    real = runtime.run_on_deployment
+
+    def observed(config: object, *, out_dir: Path, **options: object) -> object:
+        result = real(config, out_dir=out_dir, **options)
+        logs = out_dir / "logs"
+        transport.append(
+            {
+                "secure": options["secure"],
+                "https": "Uvicorn running on https://" in (logs / "superlink.log").read_text(),
+                "files": sorted(p.name for p in (out_dir / "certificates").iterdir()),
+                "nodes": sum("SuperNode ID" in p.read_text() for p in logs.glob("supernode-*")),
+                "registered": "register" in result.timings,  # type: ignore[attr-defined]
+            }
+        )
+        return result
+
+    monkeypatch.setattr(runtime, "run_on_deployment", observed)
     common = (
         "partition.num_clients=2",
         "fedavg.rounds=2",
@@ -56,6 +78,11 @@ def test_fedavg_on_flower_deployment_matches_inprocess() -> None:
     deployed = smoke(*common, "federation.engine=flower", "federation.flower_backend=deployment")
     ref, ref_ledger = on_configured_engine(Study(local), "fedavg")
     got, ledger = on_configured_engine(Study(deployed), "fedavg")
+    certs = ["ca.crt", "ca.key", "server.crt", "server.key"]
+    keys = ["supernode-0.key", "supernode-0.pub", "supernode-1.key", "supernode-1.pub"]
+    assert transport == [
+        {"secure": True, "https": True, "files": certs + keys, "nodes": 2, "registered": True}
+    ]
     assert abs(got.test_accuracy - ref.test_accuracy) <= 0.01
     assert ledger.bytes_up == ref_ledger.bytes_up and ledger.bytes_down == ref_ledger.bytes_down
     assert got.history["attempts"].tolist() == ref.history["attempts"].tolist()

@@ -86,8 +86,10 @@ def test_simulation_matches_inprocess(tmp_path: Path) -> None:
     assert_stopped(result.pids, out)
 
 
+@pytest.mark.slow  # the default suite's deployment run: test_on_engine.py (faults, TLS, auth)
 @pytest.mark.timeout(300)
 def test_deployment_matches_inprocess(tmp_path: Path) -> None:
+    """The toy server on SuperLink + SuperNodes: same replies, same ledger rows as in-process."""
     from distdd_nas.federation.flower.deployment import run_on_deployment
 
     out = tmp_path / "dep"
