@@ -152,8 +152,8 @@ class FederationSection(Section):
     min_replies: int = Field(default=1, ge=1)
     round_retries: int = Field(default=2, ge=0)
     flower_backend: Literal["simulation", "deployment"] = "simulation"
-    # Deployment runtime: TLS + SuperNode authentication (false: --insecure, loopback tests only)
-    flower_secure: bool = True
+    # TLS + SuperNode auth on deployment (false: --insecure); dumped/fingerprinted only if off
+    flower_secure: bool = Field(default=True, exclude_if=lambda v: v)
 
 
 class FedAvgSection(Section):

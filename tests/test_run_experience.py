@@ -96,6 +96,7 @@ def test_report_answers_first_with_params_and_the_reference(twice: dict[str, Any
         ["fedavg_accuracy", "proxy_rank"], ascending=[False, True], kind="stable"
     ).iloc[0]
     reference = validation[validation["reference"]].iloc[0]
+    assert -1.0 <= summary["kendall_tau"] <= 1.0  # a fedavg.* search validates to a finite τ
     assert summary["best_candidate_id"] == best["candidate_id"]
     assert summary["best_fedavg_accuracy"] == pytest.approx(best["fedavg_accuracy"])
     assert summary["reference_fedavg_accuracy"] == pytest.approx(reference["fedavg_accuracy"])
