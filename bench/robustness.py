@@ -203,13 +203,20 @@ def render(units: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def unit_parser(doc: str | None, *, only: str) -> argparse.ArgumentParser:
+    """The arguments every resumable unit bench takes: ``--study``, ``--out``, ``--threads``,
+    ``--set`` (repeatable overrides) and ``--only`` (described by ``only``)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--study", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--only", help="run only faults whose name contains this text")
+    parser.add_argument("--only", help=only)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = unit_parser(__doc__, only="run only faults whose name contains this text")
     parser.add_argument(
         "--shard", default="0/1", help="K/N: run every N-th condition from the K-th (workers)"
     )

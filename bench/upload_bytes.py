@@ -29,17 +29,20 @@ combination's parts).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import shlex
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 import torch
-from robustness import Unit, evaluate_set, run_units  # bench/robustness.py (script dir)
+from robustness import (  # bench/robustness.py (script dir)
+    Unit,
+    evaluate_set,
+    run_units,
+    unit_parser,
+)
 
 from distdd_nas.artifacts import AppendTable, write_atomic
 from distdd_nas.config import load_config
@@ -151,12 +154,7 @@ def render(units: pd.DataFrame) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--only", help="run only options whose name equals this text")
+    parser = unit_parser(__doc__, only="run only options whose name equals this text")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
