@@ -34,6 +34,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ from distdd_nas.search.objective import ProxyObjective
 from distdd_nas.seeding import derive_seed
 from distdd_nas.stages.distill import distilled_dir, ensure_distilled, load_distilled
 from distdd_nas.stages.groundtruth import GroundTruthTable, plan_for, read_table
-from distdd_nas.stages.search import SEARCH_IDENTITY, make_objective
+from distdd_nas.stages.search import make_objective, search_identity
 from distdd_nas.study import Study
 
 #: FedAvg rounds read as proxies (those beyond the table's rounds are skipped).
@@ -149,11 +150,11 @@ class ScoreCache:
         self, name: str, ids: Sequence[str], compute: Callable[[list[int]], ProxyScores]
     ) -> ProxyScores:
         """Scores of ``ids`` (table ids) for proxy ``name``: cached rows, the rest computed by
-        ``compute(positions)`` (positions into ``ids``) and saved."""
+        ``compute([position])`` one candidate at a time and saved after each (an interrupted
+        run loses at most one candidate's work)."""
         have = self.rows[self.rows["proxy"] == name].set_index("candidate_id")
-        missing = [i for i, c in enumerate(ids) if c not in have.index]
-        if missing:
-            fresh = compute(missing).relabel([ids[i] for i in missing])
+        for i in [i for i, c in enumerate(ids) if c not in have.index]:
+            fresh = compute([i]).relabel([ids[i]])
             new = pd.DataFrame(
                 {
                     "key": self.key,
@@ -172,7 +173,7 @@ class ScoreCache:
             )
             keep = pd.concat([old[old["key"] != self.key], self.rows], ignore_index=True)
             write_atomic(self.path, keep.to_csv(index=False, lineterminator="\n"))
-            have = self.rows[self.rows["proxy"] == name].set_index("candidate_id")
+        have = self.rows[self.rows["proxy"] == name].set_index("candidate_id")
         got = have.loc[list(ids)]
         return ProxyScores(
             name=name,
@@ -191,8 +192,8 @@ def cache_key(study: Study, distilled: Path, epochs: int, epochs_long: int) -> s
     """
     config = study.config
     search = {
-        k: getattr(config.search, k)
-        for k in SEARCH_IDENTITY
+        k: v
+        for k, v in search_identity(config).items()
         if k not in ("sampler", "pruner", "backend")
     }
     parts = {
@@ -239,6 +240,65 @@ def distdd_scores(
     )
 
 
+def is_fedavg_table(candidates: Sequence[Candidate]) -> bool:
+    """A table of FedAvg hyper-parameters (``fedavg.*`` candidates of one architecture): its
+    proxies are simulated FedAvg variants, and architecture-only proxies (parameter count,
+    NASWOT) are constant on it, so they are left out."""
+    return all(c.is_fedavg for c in candidates) and len({c.arch for c in candidates}) == 1
+
+
+#: Labels of the product's own proxy (the first such row is compared with every other).
+PRODUCT_LABELS = ("DistDD proxy", "simulated FedAvg")
+#: Simulated-FedAvg variants scored on a FedAvg-hyper-parameter table: (cache name, label,
+#: ``search.virtual_steps``).
+SIMULATIONS = (
+    ("sim_scaled", "simulated FedAvg on the distilled set, study's batch (fewer steps)", "scaled"),
+    ("sim_real_steps", "simulated FedAvg on the distilled set, real local steps", "real"),
+)
+
+
+def fl_hparam_proxies(
+    study: Study,
+    candidates: list[Candidate],
+    ids: list[str],
+    *,
+    distilled: Path,
+    cache: ScoreCache,
+) -> list[tuple[str, ProxyScores]]:
+    """Server-side proxies of a FedAvg-hyper-parameter table: each simulated-FedAvg variant on
+    the distilled set, and the study's variant on a random real subset (centralized reference),
+    each read from ``cache`` or computed for the candidates it lacks."""
+    seed = study.config.study.seed
+    out: list[tuple[str, ProxyScores]] = []
+    with proxy_scorer(study, distilled) as (study, scorer):
+        for name, label, steps in SIMULATIONS:
+            variant = replace(scorer, virtual_steps=steps)
+            scores = cache.get(
+                name,
+                ids,
+                lambda p, v=variant, n=name: distilled_proxy(
+                    [candidates[i] for i in p], v, name=n
+                ),
+            )
+            out.append((label, scores))
+        real = cache.get(
+            "random_real_sim",
+            ids,
+            lambda p: random_real_proxy(
+                [candidates[i] for i in p],
+                scorer,
+                train=study.federation.train,
+                pool=np.concatenate(study.federation.split.client_indices),
+                ipc=study.config.distill.ipc,
+                seed=derive_seed(seed, "evidence", "random_real"),
+                name="random_real_sim",
+            ),
+        )
+        label = f"the study's simulation ({study.config.search.virtual_steps} steps) on a random"
+        out.append((f"{label} real subset (centralized reference)", real))
+    return out
+
+
 def server_side_proxies(
     study: Study,
     candidates: list[Candidate],
@@ -251,6 +311,8 @@ def server_side_proxies(
 ) -> list[tuple[str, ProxyScores]]:
     """The proxies computed on the server's side (DistDD proxy at two budgets, the random real
     reference, NASWOT), each read from ``cache`` or computed for the candidates it lacks."""
+    if is_fedavg_table(candidates):
+        return fl_hparam_proxies(study, candidates, ids, distilled=distilled, cache=cache)
     seed = study.config.study.seed
     out: list[tuple[str, ProxyScores]] = []
 
@@ -309,12 +371,14 @@ def compute_proxies(
         epochs_long=epochs_long,
         cache=cache,
     )
-    out += server[:-1]
+    fl_hparams = is_fedavg_table(candidates)
+    out += server if fl_hparams else server[:-1]
     for k in (k for k in FEDAVG_ROUNDS if k <= r):
         scores = fedavg_after(table.curves, rounds=k, candidate_ids=ids)
         out.append((f"FedAvg after {k} round(s)", scores))
-    out.append(("parameter count (larger = better)", parameter_count(table.candidates)))
-    out.append(server[-1])
+    if not fl_hparams:
+        out.append(("parameter count (larger = better)", parameter_count(table.candidates)))
+        out.append(server[-1])
     for label, scores in out:
         print(f"  {label}: {scores.total_seconds:.1f} s", file=sys.stderr, flush=True)
     return [(label, scores.relabel(ids)) for label, scores in out]
@@ -448,6 +512,8 @@ def run(args: argparse.Namespace, command: str) -> str:
         "",
         *[f"- {n}" for n in notes],
     ]
+    if is_fedavg_table(candidates):
+        head += ["", untuned(table, truth)]
     text = render(results, head=head, k=results[0][2].all.k)
     text += paired(proxies, truth, seed=config.study.seed, boot=args.boot)
     text += settling(table, ids, truth, seed=config.study.seed, boot=args.boot)
@@ -455,12 +521,28 @@ def run(args: argparse.Namespace, command: str) -> str:
     return text
 
 
+def untuned(table: GroundTruthTable, truth: ProxyScores) -> str:
+    """What tuning is worth on this table: the reference configuration (the study's own
+    settings, the table's first candidate) against the best candidate, by truth."""
+    rows = table.candidates.assign(truth=truth.scores)
+    best = rows.loc[rows["truth"].idxmax()]
+    ref = rows[rows["is_reference"].astype(bool)]
+    if ref.empty:
+        return f"Best by truth: {best['model']} at {100 * best['truth']:.1f} %."
+    r = ref.iloc[0]
+    return (
+        f"Untuned (the study's reference, {r['model']}): {100 * r['truth']:.1f} %; best by "
+        f"truth: {best['model']} at {100 * best['truth']:.1f} % (not tuning costs "
+        f"{100 * (best['truth'] - r['truth']):.1f} points)."
+    )
+
+
 def paired(
     proxies: list[tuple[str, ProxyScores]], truth: ProxyScores, *, seed: int, boot: int
 ) -> str:
     """The product's proxy against each other cheap proxy: Δτ with a paired bootstrap interval
     (both re-scored on the same resampled candidates; above 0 = the DistDD proxy ranks better)."""
-    ours = next(((label, s) for label, s in proxies if label.startswith("DistDD proxy")), None)
+    ours = next(((label, s) for label, s in proxies if label.startswith(PRODUCT_LABELS)), None)
     if ours is None:
         return ""
     lines = [

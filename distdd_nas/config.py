@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +30,8 @@ from pydantic import (
 )
 
 from distdd_nas.errors import ConfigError
-from distdd_nas.resources import STUDIES, resolve_study, shipped_names
+from distdd_nas.resources import resolve_study
+from distdd_nas.study_files import apply_override, parse_override, read_study
 
 #: An aggregator by name (``"median"``) or as a table with options
 #: (``{ name = "trimmed_mean", trim = 0.2 }``); checked against the registry in
@@ -226,7 +226,9 @@ class SearchSection(Section):
     ``sampler``: Optuna takes tpe/random/grid/cmaes/gp, NNI tpe/random/grid/evolution.
     ``holdout_fraction``: share of the test split the server keeps for ``server_holdout``
     scoring (FL validation then reports accuracy on the rest). ``virtual_examples``: total size
-    of the virtual clients of simulated FedAvg (``fedavg.*`` spaces; None = the real sizes).
+    of the virtual clients of simulated FedAvg (``fedavg.*`` spaces; None = the real sizes);
+    ``virtual_steps``: ``scaled`` (the study's batch: fewer local steps) or ``real`` (batch
+    scaled too: the real clients' local steps per round).
     ``trial_timeout_s`` and ``concurrency`` apply to NNI trials.
     """
 
@@ -240,6 +242,10 @@ class SearchSection(Section):
     scoring: Literal["federated", "server_holdout"] = "federated"
     holdout_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
     virtual_examples: int | None = Field(default=2000, ge=1)
+    # local steps of simulated FedAvg's virtual clients (search.simulate); dumped only if "real"
+    virtual_steps: Literal["scaled", "real"] = Field(
+        default="scaled", exclude_if=lambda v: v == "scaled"
+    )
     trial_timeout_s: float | None = Field(default=None, gt=0.0, le=MAX_SECONDS)
     concurrency: int = Field(default=1, ge=1)
     epochs: int = Field(default=100, ge=1)
@@ -318,32 +324,6 @@ class StudyConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``a.b=value`` into (["a", "b"], value) with TOML literal semantics."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(
-            f"bad override {text!r}; write --set section.key=value (e.g. fedavg.rounds=5)"
-        )
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # bare words (e.g. data.name=mnist) are strings
-    return key.split("."), value
-
-
-def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
-        node = child
-    node[path[-1]] = value
-
-
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool"})
 
 
@@ -384,60 +364,15 @@ def load_config(
     by construction. The study name defaults to the file's stem unless ``study.name`` is set.
     """
     path = resolve_study(path)
-    tree = _read_study(path, seen=())
+    tree = read_study(path, seen=())
     tree.setdefault("study", {}).setdefault("name", path.stem)
     for text in overrides:
-        _apply(tree, *parse_override(text))
+        apply_override(tree, *parse_override(text))
     for key, value in (values or {}).items():
         if not key or not all(key.split(".")):
             raise ConfigError(f"bad override key {key!r}; write section.key, e.g. fedavg.rounds")
-        _apply(tree, key.split("."), value)
+        apply_override(tree, key.split("."), value)
     return from_dict(tree, source=str(path))
-
-
-def _read_study(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """The TOML tree of ``path`` merged over the study it ``extends`` (recursively)."""
-    try:
-        found = path.is_file()
-    except OSError:  # e.g. a name too long for the file system
-        found = False
-    if not found:
-        hint = f" (named by 'extends' in {seen[-1]})" if seen else ""
-        shipped = ", ".join(shipped_names(STUDIES))
-        raise ConfigError(
-            f"study file {str(path)!r} not found{hint}; pass a path or a shipped study: {shipped}"
-        )
-    if path.resolve() in seen:
-        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
-        raise ConfigError(f"studies extend each other in a cycle ({chain}); break the cycle")
-    try:
-        tree = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax") from None
-    except OSError as err:
-        raise ConfigError(
-            f"cannot read study file {str(path)!r} ({err.strerror or type(err).__name__}); "
-            "check its permissions"
-        ) from None
-    base = tree.pop("extends", None)
-    if base is None:
-        return tree
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: extends must be a file name string, got {base!r}")
-    parent = _read_study(resolve_study(base, folder=path.parent), seen=(*seen, path.resolve()))
-    parent.get("study", {}).pop("name", None)  # a derived study is named after its own file
-    return _merge(parent, tree)
-
-
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``: tables merge key by key, any other value replaces."""
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
 
 
 def fingerprint(

@@ -43,7 +43,7 @@ from distdd_nas.federation import Engine, Message
 from distdd_nas.models import build_model, count_parameters, get_parameters, set_parameters
 from distdd_nas.search.backends.base import Pruned, Reporter
 from distdd_nas.search.candidate import Candidate, CandidateFactory
-from distdd_nas.search.simulate import simulated_fedavg
+from distdd_nas.search.simulate import VirtualSteps, simulated_fedavg
 from distdd_nas.seeding import derive_seed, numpy_rng, torch_generator
 from distdd_nas.training import evaluate_model, train_model
 
@@ -103,6 +103,8 @@ class ProxyScorer:
             off by default: without a pruner nothing reads them (the search stage turns them
             on when ``search.pruner`` is set).
         virtual_examples: Total size of the virtual clients of simulated FedAvg (None: real).
+        virtual_steps: Their local steps: ``scaled`` (study's batch) or ``real`` (batch scaled
+            so each takes its real client's steps per round).
     """
 
     distilled: DistilledSet
@@ -117,6 +119,7 @@ class ProxyScorer:
     report_every: int | None = None
     intermediate: bool = False
     virtual_examples: int | None = 2000
+    virtual_steps: VirtualSteps = "scaled"
     _rounds: Iterator[int] = field(
         default_factory=lambda: itertools.count(1), init=False, repr=False
     )
@@ -206,6 +209,7 @@ class ProxyScorer:
             test=test or synthetic,
             seed=seed,
             total=self.virtual_examples,
+            steps=self.virtual_steps,
             on_round=on_round,
         )
         if self.scoring == "server_holdout":

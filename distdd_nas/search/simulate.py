@@ -10,13 +10,18 @@ own and is not part of any study's communication figures.
 What the simulation preserves: each client's label mixture, the clients' relative sizes (FedAvg's
 example weights), client sampling and the server update. What it scales: with ``total`` below the
 real number of examples, every client holds proportionally fewer (repeated) synthetic images, so
-a local epoch has proportionally fewer SGD steps; ``total=None`` keeps the real sizes and hence
-the real number of local steps per round, at the real compute cost.
+a local epoch has proportionally fewer SGD steps (``steps="scaled"``); ``steps="real"`` scales the
+local batch by the same factor instead (:func:`virtual_batch`), so every virtual client takes
+about as many local SGD steps per round as its real client does — what client lr and local epochs
+act through — at the virtual compute cost; ``total=None`` keeps the real sizes and batch, at the
+real compute cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 
@@ -79,6 +84,33 @@ def virtual_counts(counts: np.ndarray, *, total: int | None = None) -> np.ndarra
     return out
 
 
+#: How virtual clients take local steps: ``scaled`` (the study's batch over fewer examples: fewer
+#: steps per epoch) or ``real`` (batch scaled with the examples: the real steps per epoch).
+VirtualSteps = Literal["scaled", "real"]
+VIRTUAL_STEPS: tuple[VirtualSteps, ...] = ("scaled", "real")
+
+
+def virtual_batch(batch_size: int, *, virtual: int, real: int) -> tuple[int, int]:
+    """(virtual examples, local batch) that give virtual clients their real clients' steps.
+
+    A client of ``N_i`` real examples takes ⌈N_i / B⌉ steps per epoch; its virtual twin holds
+    ``m_i ≈ N_i · V / N`` examples (V virtual, N real in all), so the batch ``b = B · V / N``
+    gives ⌈m_i / b⌉ ≈ ⌈N_i / B⌉. A batch is whole: ``b`` is rounded to the nearest integer (at
+    least 1) and V moved to ``b · N / B`` (rounded), so the ratio holds exactly. Unchanged when
+    ``virtual >= real``.
+    """
+    if virtual >= real:
+        return virtual, batch_size
+    b = max(1, round(batch_size * virtual / real))
+    return max(1, round(b * real / batch_size)), b
+
+
+def local_steps(sizes: np.ndarray, *, batch_size: int, epochs: int) -> np.ndarray:
+    """Local SGD steps per round of clients with ``sizes`` examples (what
+    :func:`distdd_nas.training.train_model` takes: ⌈size / batch⌉ per epoch)."""
+    return -(-np.asarray(sizes, dtype=np.int64) // batch_size) * epochs
+
+
 def virtual_clients(
     synthetic: ImageDataset, counts: np.ndarray, *, seed: int, total: int | None = None
 ) -> list[ClientData]:
@@ -134,6 +166,7 @@ def simulated_fedavg(
     test: ImageDataset,
     seed: int,
     total: int | None = None,
+    steps: VirtualSteps = "scaled",
     on_round: Callable[[dict[str, float]], None] | None = None,
 ) -> FedAvgResult:
     """Run FedAvg with ``settings`` over virtual clients built from ``synthetic``.
@@ -146,11 +179,22 @@ def simulated_fedavg(
         test: Where the server evaluates the global model each ``eval_every`` rounds.
         seed: Seeds the virtual clients, client sampling, initial model and local shuffles.
         total: Virtual examples over all clients (``None``: the real sizes).
+        steps: ``scaled`` keeps the study's batch (fewer local steps); ``real`` scales the batch
+            so each virtual client takes its real client's steps per epoch.
         on_round: Receives each FedAvg history row (pruning, progress).
 
     Returns:
         The :class:`FedAvgResult` of the simulation (its bytes are virtual, not real traffic).
     """
+    if steps not in VIRTUAL_STEPS:
+        raise ConfigError(
+            f"unknown virtual steps {steps!r}; use one of {', '.join(VIRTUAL_STEPS)}"
+        )
+    if steps == "real" and total is not None:
+        total, batch = virtual_batch(
+            settings.local.batch_size, virtual=total, real=int(np.asarray(counts).sum())
+        )
+        settings = replace(settings, local=replace(settings.local, batch_size=batch))
     clients = virtual_clients(synthetic, counts, seed=seed, total=total)
     engine = InProcessEngine(
         clients=clients, tasks={"local_train": local_train, "evaluate": evaluate}
@@ -160,4 +204,12 @@ def simulated_fedavg(
     )
 
 
-__all__ = ["simulated_fedavg", "virtual_clients", "virtual_counts"]
+__all__ = [
+    "VIRTUAL_STEPS",
+    "VirtualSteps",
+    "local_steps",
+    "simulated_fedavg",
+    "virtual_batch",
+    "virtual_clients",
+    "virtual_counts",
+]

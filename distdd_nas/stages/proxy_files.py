@@ -79,6 +79,7 @@ def save_proxy_inputs(
         "report_every": s.report_every,
         "intermediate": s.intermediate,
         "virtual_examples": s.virtual_examples,
+        "virtual_steps": s.virtual_steps,
         "candidates": objective.candidates.to_dict(),
         "study_config": dict(study_config) if s.scoring == "federated" and study_config else None,
     }
@@ -146,6 +147,7 @@ def load_proxy_objective(*, path: str) -> ProxyObjective:
         report_every=meta["report_every"],
         intermediate=bool(meta.get("intermediate", False)),
         virtual_examples=meta["virtual_examples"],
+        virtual_steps=meta.get("virtual_steps", "scaled"),
     )
     return ProxyObjective(scorer=scorer, candidates=CandidateFactory.from_dict(meta["candidates"]))
 

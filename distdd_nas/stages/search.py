@@ -51,12 +51,20 @@ SEARCH_IDENTITY = (
     "seeds_per_trial",
     "holdout_fraction",
     "virtual_examples",
+    "virtual_steps",
 )
+
+
+def search_identity(config: StudyConfig) -> dict[str, Any]:
+    """The search settings that identify a study's search (settings at a default the config
+    leaves out of its dumps stay out, so adding such a setting keeps every fingerprint)."""
+    dumped = config.search.model_dump(mode="json")
+    return {k: dumped[k] for k in SEARCH_IDENTITY if k in dumped}
 
 
 def search_fingerprint(config: StudyConfig) -> str:
     """Fingerprint of the distilled set plus the search settings that identify the study."""
-    identity = {k: getattr(config.search, k) for k in SEARCH_IDENTITY}
+    identity = search_identity(config)
     if config.search.objective == "fedavg":
         return fingerprint(config, FEDAVG_SECTIONS, extra=identity)
     return distilled_fingerprint(config, extra=identity)
@@ -100,6 +108,7 @@ def make_objective(study: Study, distilled_path: Path, search_dir: Path) -> Any:
         seed=config.study.seed,
         seeds=sc.seeds_per_trial,
         virtual_examples=sc.virtual_examples,
+        virtual_steps=sc.virtual_steps,
         intermediate=sc.pruner != "none",
     )
     objective = ProxyObjective(scorer=scorer, candidates=study.candidates)

@@ -168,3 +168,47 @@ def test_search_cost_replays_a_table_made_under_other_proxy_settings(
     ]
     assert _bench("search_cost").main(argv) == 0
     assert "FedAvg + successive halving (4 candidates)" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(300)
+def test_fl_hyperparameter_table_scores_simulated_fedavg_variants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``fedavg.*`` table (one architecture): the proxies are simulated FedAvg with the
+    study's batch and with the real local steps, plus the random-real reference; parameter
+    count and NASWOT (constant on one architecture) are left out; the header says what not
+    tuning costs, computed here from the curves by hand; the search-cost replay runs on it."""
+    space = ["--set", 'search.space="fedavg_hparams"', "--set", "fedavg.rounds=2"]
+    space += ["--set", "search.virtual_examples=300"]  # of ~1,000 real: the variants differ
+    table = tmp_path / "table"
+    gt = ["--set", "groundtruth.candidates=5", "--set", "groundtruth.rounds=2", *space]
+    assert cli_main(["--threads", "1", "groundtruth", str(SMOKE), "--out", str(table), *gt]) == 0
+    common = ["--study", str(SMOKE), "--table", str(table), "--cache", str(tmp_path / "cache")]
+    capsys.readouterr()
+    assert _bench("proxies").main([*common, *space, "--boot", "50", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in out.partition("## Better half")[0].splitlines() if r.startswith("| ")]
+    labels = [r.split(" | ")[0].removeprefix("| ") for r in rows[1:]]
+    assert labels == [
+        "seed-vs-seed ceiling (FedAvg, other seed, 2 rounds)",
+        "simulated FedAvg on the distilled set, study's batch (fewer steps)",
+        "simulated FedAvg on the distilled set, real local steps",
+        "the study's simulation (scaled steps) on a random real subset (centralized reference)",
+        "FedAvg after 1 round(s)",
+        "FedAvg after 2 round(s)",
+    ]
+    curves = pd.read_csv(table / "groundtruth" / "curves.csv", dtype={"candidate_id": str})
+    final = curves[(curves["replicate"] == 0) & (curves["round"] == 2)].set_index("candidate_id")
+    listed = pd.read_csv(table / "groundtruth" / "candidates.csv", dtype={"candidate_id": str})
+    ref = final.loc[listed.loc[listed["is_reference"], "candidate_id"].iloc[0], "test_accuracy"]
+    best = final["test_accuracy"].max()
+    assert f"not tuning costs {100 * (best - ref):.1f} points" in out
+    frame = pd.read_csv(table / "proxies.csv")
+    assert {"sim_scaled", "sim_real_steps", "random_real_sim"} <= set(frame.columns)
+    assert "naswot" not in frame.columns and "param_count" not in frame.columns
+    assert (frame["sim_real_steps_bytes"] > 0).all()  # one metered federated evaluation each
+    assert not (frame["sim_scaled"] == frame["sim_real_steps"]).all()  # two trainings
+    argv = [*common, *space, "--proxy", "sim_real_steps", "--size", "5", "--repetitions", "2"]
+    argv += ["--random-budget", "2", "--top-k", "2"]
+    assert _bench("search_cost").main(argv) == 0
+    assert "FedAvg + successive halving (5 candidates)" in capsys.readouterr().out
