@@ -9,7 +9,8 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
-.PHONY: setup data demo-data test lint typecheck docs pytest demo bench groundtruth evidence clean
+.PHONY: setup data demo-data test lint typecheck docs pytest demo bench groundtruth evidence \
+	groundtruth-fedavg evidence-fedavg clean
 
 setup: $(STAMP) data
 
@@ -83,6 +84,19 @@ evidence: setup
 	  --cache artifacts --threads 1
 	$(PY) bench/search_cost.py --study studies/quickstart.toml --table bench/data/quickstart \
 	  --cache artifacts --proxy distdd_e100
+
+# The FL-hyper-parameter ground truth: the quickstart's reference ConvNet under the 30-point
+# fedavg_grid (client lr × local epochs × batch), 2 seeds, 16 rounds; then its predictors.
+FEDAVG_GRID = --set 'search.space="fedavg_grid"'
+groundtruth-fedavg: setup
+	$(VENV)/bin/distdd-nas --threads 1 groundtruth studies/quickstart.toml $(FEDAVG_GRID) \
+	  --set groundtruth.candidates=30 --set groundtruth.rounds=16 --out bench/data/fedavg_grid
+
+evidence-fedavg: setup
+	$(PY) bench/proxies.py --study studies/quickstart.toml $(FEDAVG_GRID) \
+	  --table bench/data/fedavg_grid --cache artifacts --threads 1
+	$(PY) bench/search_cost.py --study studies/quickstart.toml $(FEDAVG_GRID) \
+	  --table bench/data/fedavg_grid --cache artifacts --proxy sim_real_steps --size 30
 
 clean:
 	rm -rf runs artifacts .pytest_cache .mypy_cache .ruff_cache

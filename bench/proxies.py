@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from distdd_nas.artifacts import is_complete, read_manifest, write_atomic
-from distdd_nas.config import StudyConfig, fingerprint, load_config
+from distdd_nas.config import StudyConfig, fingerprint, from_dict, load_config
 from distdd_nas.errors import ArtifactError, DistddError
 from distdd_nas.evidence.proxies import (
     ProxyScores,
@@ -73,6 +73,16 @@ FEDAVG_ROUNDS = (1, 2, 4, 8)
 TRUTH_SECTIONS = ("data", "partition", "noise", "federation", "fedavg")
 
 
+def with_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+    """A table's recorded config as this version dumps it: settings added since the table was
+    made take their defaults (they did not exist, so the table ran as the default does); a
+    config this version cannot read is compared as recorded."""
+    try:
+        return from_dict(tree, source="the table's plan.json").to_dict()
+    except DistddError:
+        return tree
+
+
 def check_plan(study: Study, table: GroundTruthTable) -> list[str]:
     """Warnings where the table was not made under this study: candidate ids that differ from
     the study's plan (same length), or settings the truth depends on that differ."""
@@ -95,8 +105,9 @@ def check_plan(study: Study, table: GroundTruthTable) -> list[str]:
         part = tree.get(name)
         return {k: v for k, v in part.items() if k not in untimed} if name == "fedavg" else part
 
-    changed = [s for s in TRUTH_SECTIONS if section(ours, s) != section(table.config, s)]
-    if ours["study"]["seed"] != table.config["study"]["seed"]:
+    theirs = with_defaults(table.config)
+    changed = [s for s in TRUTH_SECTIONS if section(ours, s) != section(theirs, s)]
+    if ours["study"]["seed"] != theirs["study"]["seed"]:
         changed.append("study.seed")
     if changed:
         notes.append(

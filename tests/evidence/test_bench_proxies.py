@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +13,9 @@ import pandas as pd
 import pytest
 
 from distdd_nas.cli import main as cli_main
+from distdd_nas.config import load_config
+from distdd_nas.stages.groundtruth import read_table
+from distdd_nas.study import Study
 from tests.conftest import REPO, SMOKE
 
 
@@ -212,3 +217,22 @@ def test_fl_hyperparameter_table_scores_simulated_fedavg_variants(
     argv += ["--random-budget", "2", "--top-k", "2"]
     assert _bench("search_cost").main(argv) == 0
     assert "FedAvg + successive halving (5 candidates)" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(300)
+def test_check_plan_warns_only_about_settings_that_changed(tmp_path: Path) -> None:
+    """A setting added after the table was made (absent from its plan.json) ran at its default,
+    so it is no warning; a setting the truth depends on that differs is one, named."""
+    table_dir, _ = _smoke_table(tmp_path, candidates=4, rounds=1)
+    bench, study = _bench("proxies"), Study(load_config(SMOKE))
+    table = read_table(table_dir)
+    assert bench.check_plan(study, table) == ["the table's 4 candidates are this study's plan"]
+    older = copy.deepcopy(table.config)
+    del older["federation"]["round_retries"]  # a table from before the setting existed
+    assert bench.check_plan(study, replace(table, config=older)) == [
+        "the table's 4 candidates are this study's plan"
+    ]
+    other = copy.deepcopy(table.config)
+    other["partition"]["num_clients"] = 7
+    (note,) = bench.check_plan(study, replace(table, config=other))
+    assert note.startswith("WARNING: the table was made with other partition settings")
