@@ -253,6 +253,8 @@ class SearchSection(Section):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = _decay(5e-4)
     batch_size: int = Field(default=256, ge=1)
+    # DSA augmentation of every proxy-training batch (distdd_nas.augment); dumped only if used
+    augment: Literal["none", "dsa"] = Field(default="none", exclude_if=lambda v: v == "none")
     seeds_per_trial: int = Field(default=1, ge=1)
     timeout_s: float | None = Field(default=None, gt=0.0, le=MAX_SECONDS)
 

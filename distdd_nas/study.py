@@ -271,6 +271,7 @@ class Study:
             weight_decay=s.weight_decay,
             batch_size=s.batch_size,
             decay_at_half=True,
+            augment=s.augment,
         )
 
     @cached_property

@@ -14,10 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distdd_nas.augment import AUGMENTS
+from distdd_nas.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """SGD settings; ``decay_at_half`` multiplies the lr by 0.1 at half the epochs (DC)."""
+    """SGD settings; ``decay_at_half`` multiplies the lr by 0.1 at half the epochs (DC);
+    ``augment`` names an augmentation of :data:`distdd_nas.augment.AUGMENTS` applied to every
+    batch (``none``: the images as they are)."""
 
     epochs: int = 1
     lr: float = 0.01
@@ -26,6 +31,7 @@ class TrainSettings:
     batch_size: int = 32
     max_steps: int | None = None
     decay_at_half: bool = False
+    augment: str = "none"
 
 
 def train_model(
@@ -48,6 +54,11 @@ def train_model(
     n = int(labels.shape[0])
     if n == 0:
         return float("nan")
+    if settings.augment not in AUGMENTS:
+        raise ConfigError(
+            f"unknown augmentation {settings.augment!r}; use one of {', '.join(AUGMENTS)}"
+        )
+    augment = AUGMENTS[settings.augment]
     opt = torch.optim.SGD(
         model.parameters(),
         lr=settings.lr,
@@ -66,7 +77,8 @@ def train_model(
         total, count = 0.0, 0
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            out = model(images[idx])
+            x = images[idx] if augment is None else augment(images[idx], generator)
+            out = model(x)
             loss = F.cross_entropy(out, labels[idx])
             if prox_center is not None and prox_mu > 0:
                 prox = sum(

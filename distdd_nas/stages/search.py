@@ -52,6 +52,7 @@ SEARCH_IDENTITY = (
     "holdout_fraction",
     "virtual_examples",
     "virtual_steps",
+    "augment",
 )
 
 
