@@ -47,7 +47,7 @@ def blend(cheap: np.ndarray, fedavg: np.ndarray, w: float) -> np.ndarray:
 def tune(cheap: np.ndarray, fedavg: np.ndarray, truth: np.ndarray) -> float:
     """The grid weight with the best Kendall τ against ``truth`` (the smallest on ties: the
     most weight on FedAvg among equals)."""
-    taus = [kendall_tau(blend(cheap, fedavg, w), truth) for w in WEIGHTS]
+    taus = [round(kendall_tau(blend(cheap, fedavg, w), truth), 12) for w in WEIGHTS]
     return float(WEIGHTS[int(np.nanargmax(taus))])
 
 
