@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from distdd_nas.allocator import tune_malloc
 from distdd_nas.config import StudyConfig, load_config
 from distdd_nas.console import Console, duration, route_logging, stage_note
 from distdd_nas.errors import DistddError
@@ -361,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(threads)
+    tune_malloc()
     args.console = Console()
     route_logging(args.console, verbose=args.verbose)
     try:

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from distdd_nas.allocator import tune_malloc
 from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset
 from distdd_nas.distill.census import ClassCensus, census
@@ -143,6 +144,7 @@ def run_distill(
         EngineError: The census is empty or inconsistent.
     """
     check_settings(settings)
+    tune_malloc()  # no page faults on every step's activations (distdd_nas.allocator)
     outer, inner = resolve_loops(settings)
     privacy = privacy_budget(settings, steps=settings.iterations * outer)  # before the census
     state, start = _begin(

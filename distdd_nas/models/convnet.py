@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from distdd_nas.errors import ConfigError
+from distdd_nas.models.pooling import AvgPool2x2
 
 
 def make_activation(name: str) -> nn.Module:
@@ -52,11 +53,15 @@ def make_norm(name: str, shape: tuple[int, int, int]) -> nn.Module:
 
 
 def make_pool(name: str) -> nn.Module:
-    """Return a 2×2/stride-2 pooling layer (``max``/``avg``) or identity for ``none``."""
+    """Return a 2×2/stride-2 pooling layer (``max``/``avg``) or identity for ``none``.
+
+    ``avg`` is :class:`~distdd_nas.models.pooling.AvgPool2x2`: ``nn.AvgPool2d(2, 2)``'s bits,
+    forward and backward, without its slow CPU kernel.
+    """
     if name == "max":
         return nn.MaxPool2d(kernel_size=2, stride=2)
     if name == "avg":
-        return nn.AvgPool2d(kernel_size=2, stride=2)
+        return AvgPool2x2()
     if name == "none":
         return nn.Identity()
     raise ConfigError(f"unknown pool {name!r}; use one of none, max, avg")
