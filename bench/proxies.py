@@ -251,6 +251,36 @@ def distdd_scores(
     )
 
 
+def random_real_scores(
+    study: Study,
+    scorer: Any,
+    candidates: list[Candidate],
+    ids: list[str],
+    *,
+    cache: ScoreCache,
+    epochs: int | None = None,
+) -> ProxyScores:
+    """The search's scoring trained on a random real subset of the clients' data with the
+    distilled set's images per class (a centralized reference), from ``cache`` or computed;
+    cached as ``random_real_e<epochs>`` (``random_real_sim`` for simulated FedAvg)."""
+    name = "random_real_sim" if epochs is None else f"random_real_e{epochs}"
+    fed = study.federation
+    return cache.get(
+        name,
+        ids,
+        lambda p: random_real_proxy(
+            [candidates[i] for i in p],
+            scorer,
+            train=fed.train,
+            pool=np.concatenate(fed.split.client_indices),
+            ipc=study.config.distill.ipc,
+            seed=derive_seed(study.config.study.seed, "evidence", "random_real"),
+            epochs=epochs,
+            name=name,
+        ),
+    )
+
+
 def is_fedavg_table(candidates: Sequence[Candidate]) -> bool:
     """A table of FedAvg hyper-parameters (``fedavg.*`` candidates of one architecture): its
     proxies are simulated FedAvg variants, and architecture-only proxies (parameter count,
@@ -279,7 +309,6 @@ def fl_hparam_proxies(
     """Server-side proxies of a FedAvg-hyper-parameter table: each simulated-FedAvg variant on
     the distilled set, and the study's variant on a random real subset (centralized reference),
     each read from ``cache`` or computed for the candidates it lacks."""
-    seed = study.config.study.seed
     out: list[tuple[str, ProxyScores]] = []
     with proxy_scorer(study, distilled) as (study, scorer):
         for name, label, steps in SIMULATIONS:
@@ -292,19 +321,7 @@ def fl_hparam_proxies(
                 ),
             )
             out.append((label, scores))
-        real = cache.get(
-            "random_real_sim",
-            ids,
-            lambda p: random_real_proxy(
-                [candidates[i] for i in p],
-                scorer,
-                train=study.federation.train,
-                pool=np.concatenate(study.federation.split.client_indices),
-                ipc=study.config.distill.ipc,
-                seed=derive_seed(seed, "evidence", "random_real"),
-                name="random_real_sim",
-            ),
-        )
+        real = random_real_scores(study, scorer, candidates, ids, cache=cache)
         label = f"the study's simulation ({study.config.search.virtual_steps} steps) on a random"
         out.append((f"{label} real subset (centralized reference)", real))
     return out
@@ -335,20 +352,7 @@ def server_side_proxies(
         for e in dict.fromkeys((epochs, epochs_long)):  # once when they are equal
             scores = distdd_scores(scorer, candidates, ids, epochs=e, cache=cache)
             out.append((f"DistDD proxy, {e} epochs", scores))
-        real = cache.get(
-            f"random_real_e{epochs}",
-            ids,
-            lambda p: random_real_proxy(
-                pick(p),
-                scorer,
-                train=fed.train,
-                pool=np.concatenate(fed.split.client_indices),
-                ipc=study.config.distill.ipc,
-                seed=derive_seed(seed, "evidence", "random_real"),
-                epochs=epochs,
-                name=f"random_real_e{epochs}",
-            ),
-        )
+        real = random_real_scores(study, scorer, candidates, ids, cache=cache, epochs=epochs)
         out.append((f"random real subset, {epochs} epochs (centralized reference)", real))
     images = load_distilled(distilled).images
     nas = cache.get("naswot", ids, lambda p: naswot(pick(p), images, like=fed.train, seed=seed))
