@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 
@@ -28,16 +29,12 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 #: mallopt parameter numbers (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
-_state: dict[str, bool] = {}
 
-
+@functools.cache
 def tune_malloc() -> bool:
     """Set glibc's mmap and trim thresholds once per process (module docstring); True when
     they are set. Idempotent; a no-op returning False without glibc or when
     ``DISTDD_NAS_MALLOC=default``."""
-    if "tuned" in _state:
-        return _state["tuned"]
-    _state["tuned"] = False
     if os.environ.get("DISTDD_NAS_MALLOC", "").lower() == "default":
         return False
     try:
@@ -50,7 +47,6 @@ def tune_malloc() -> bool:
     ok = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and ok
     if not ok:
         log.debug("mallopt refused the thresholds; glibc's default policy stays")
-    _state["tuned"] = ok
     return ok
 
 

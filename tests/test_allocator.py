@@ -10,12 +10,12 @@ from distdd_nas import allocator
 
 
 def test_tune_malloc_is_idempotent_and_can_be_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(allocator, "_state", {})
+    allocator.tune_malloc.cache_clear()
     monkeypatch.setenv("DISTDD_NAS_MALLOC", "default")
     assert allocator.tune_malloc() is False
     monkeypatch.delenv("DISTDD_NAS_MALLOC")
     assert allocator.tune_malloc() is False  # decided once per process
-    monkeypatch.setattr(allocator, "_state", {})
+    allocator.tune_malloc.cache_clear()
     first = allocator.tune_malloc()
     assert first is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert allocator.tune_malloc() is first
