@@ -8,7 +8,8 @@ random-real-subset baseline. Every shuffle draws from an explicit generator.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,17 @@ class TrainSettings:
     max_steps: int | None = None
     decay_at_half: bool = False
     augment: str = "none"
+
+    def identity(self) -> dict[str, Any]:
+        """The settings as JSON for ids and fingerprints (candidate ids, ground-truth tables).
+
+        ``augment`` came after tables and caches were made: it is left out while ``"none"``, so
+        every id and fingerprint made before it existed still holds.
+        """
+        fields = asdict(self)
+        if fields["augment"] == "none":
+            del fields["augment"]
+        return fields
 
 
 def train_model(

@@ -77,15 +77,6 @@ def params_from_row(row: Mapping[str, Any]) -> dict[str, Value]:
     return out
 
 
-def _train_identity(train: TrainSettings) -> dict[str, Any]:
-    """The training settings a candidate's id hashes: augmentation only when used, so ids
-    (and the seeds and cached scores they key) stay as they were before it existed."""
-    fields = asdict(train)
-    if fields["augment"] == "none":
-        del fields["augment"]
-    return fields
-
-
 @dataclass(frozen=True)
 class Candidate:
     """An architecture plus proxy-training settings plus FedAvg overrides.
@@ -134,7 +125,7 @@ class Candidate:
         """Every value that determines what is trained (the basis of the id)."""
         return {
             "arch": self.arch.to_dict(),
-            "train": _train_identity(self.train),
+            "train": self.train.identity(),
             "fedavg": dict(sorted(self.fedavg.items())),
         }
 

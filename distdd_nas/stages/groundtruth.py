@@ -29,6 +29,7 @@ from distdd_nas.evidence.groundtruth import (
     sample_candidates,
     train_unit,
 )
+from distdd_nas.fedavg.server import FedAvgSettings
 from distdd_nas.rank_metrics import kendall_tau
 from distdd_nas.stages.common import Progress, StageOutcome, write_config
 from distdd_nas.study import Study
@@ -64,7 +65,9 @@ def table_identity(study: Study, plan: GroundTruthPlan) -> dict[str, Any]:
     trains = [
         {
             "arch": c.arch.to_dict(),
-            "fedavg": asdict(replace(c.fedavg_settings(base), rounds=plan.rounds, eval_every=1)),
+            "fedavg": _fedavg_identity(
+                replace(c.fedavg_settings(base), rounds=plan.rounds, eval_every=1)
+            ),
         }
         for c in plan.candidates
     ]
@@ -79,6 +82,11 @@ def table_identity(study: Study, plan: GroundTruthPlan) -> dict[str, Any]:
         "trains": trains,
         **_faults(study),
     }
+
+
+def _fedavg_identity(settings: FedAvgSettings) -> dict[str, Any]:
+    """A unit's FedAvg settings as JSON, local training by :meth:`TrainSettings.identity`."""
+    return {**asdict(settings), "local": settings.local.identity()}
 
 
 def _faults(study: Study) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,15 @@ import pytest
 
 from distdd_nas.artifacts import AppendTable
 from distdd_nas.cli import main
+from distdd_nas.config import StudyConfig
 from distdd_nas.errors import ArtifactError, ConfigError
 from distdd_nas.evidence.groundtruth import CURVE_COLUMNS, sample_candidates
-from distdd_nas.stages.groundtruth import seed_vs_seed_tau
+from distdd_nas.stages.groundtruth import (
+    plan_for,
+    seed_vs_seed_tau,
+    table_fingerprint,
+    table_identity,
+)
 from distdd_nas.study import Study
 from tests.conftest import REPO, SMOKE, patched_cli, smoke
 
@@ -214,3 +221,18 @@ def test_ids_that_look_like_numbers_stay_text(tmp_path: Path) -> None:
     kept = table.keep(lambda rows: rows)  # nothing dropped: the file is not rewritten
     assert kept["candidate_id"].tolist() == ["0123456789", "1234567e89"]
     assert "0123456789" in (tmp_path / "t.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    "plan",
+    sorted((REPO / "bench" / "data").glob("*/groundtruth/plan.json")),
+    ids=lambda p: p.parts[-3],
+)
+def test_committed_tables_keep_their_fingerprint(plan: Path) -> None:
+    """Today's code claims every committed table: a setting added since (e.g. ``augment``) must
+    not change the identity of tables made before it, or their resumption is refused."""
+    stored = json.loads(plan.read_text())
+    study = Study(StudyConfig.model_validate(stored["config"]))
+    identity = table_identity(study, plan_for(study))
+    identity["threads"] = stored["identity"]["threads"]  # the thread count it was made with
+    assert table_fingerprint(identity) == stored["fingerprint"]
