@@ -63,7 +63,7 @@ from distdd_nas.search.candidate import Candidate
 from distdd_nas.search.objective import ProxyObjective
 from distdd_nas.seeding import derive_seed
 from distdd_nas.stages.distill import distilled_dir, ensure_distilled, load_distilled
-from distdd_nas.stages.groundtruth import GroundTruthTable, plan_for, read_table
+from distdd_nas.stages.groundtruth import GroundTruthTable, parse_replicates, plan_for, read_table
 from distdd_nas.stages.search import make_objective, search_identity
 from distdd_nas.study import Study
 
@@ -375,7 +375,9 @@ def compute_proxies(
     r = table.rounds
     out: list[tuple[str, ProxyScores]] = []
     if table.replicates >= 2:
-        ceiling = fedavg_after(table.curves, rounds=r, candidate_ids=ids, name="seed_ceiling")
+        ceiling = fedavg_after(
+            table.curves, rounds=r, replicate=table.observe, candidate_ids=ids, name="seed_ceiling"
+        )
         out.append((f"seed-vs-seed ceiling (FedAvg, other seed, {r} rounds)", ceiling))
     server = server_side_proxies(
         study,
@@ -389,7 +391,7 @@ def compute_proxies(
     fl_hparams = is_fedavg_table(candidates)
     out += server if fl_hparams else server[:-1]
     for k in (k for k in FEDAVG_ROUNDS if k <= r):
-        scores = fedavg_after(table.curves, rounds=k, candidate_ids=ids)
+        scores = fedavg_after(table.curves, rounds=k, replicate=table.observe, candidate_ids=ids)
         out.append((f"FedAvg after {k} round(s)", scores))
     if not fl_hparams:
         out.append(("parameter count (larger = better)", parameter_count(table.candidates)))
@@ -450,6 +452,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument(
+        "--replicates",
+        type=parse_replicates,
+        help="replicates in use, truth first (e.g. 1: one seed while the second is training)",
+    )
+    parser.add_argument(
         "--prescore",
         action="store_true",
         help="only score every listed candidate into TABLE/proxy_scores.csv (no statistics)",
@@ -462,7 +469,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     start = time.perf_counter()
     config: StudyConfig = load_config(args.study, args.overrides)
     study = Study(config)
-    table = read_table(args.table)
+    table = read_table(args.table, replicates=args.replicates)
     if len(table.candidates) < 4 and not args.prescore:
         raise ArtifactError(
             f"{args.table}: only {len(table.candidates)} candidates have complete curves; "
@@ -498,7 +505,9 @@ def run(args: argparse.Namespace, command: str) -> str:
         cache=cache,
     )
     ids = table.candidates["candidate_id"].tolist()
-    truth = fedavg_after(table.curves, rounds=table.rounds, replicate=0, candidate_ids=ids)
+    truth = fedavg_after(
+        table.curves, rounds=table.rounds, replicate=table.truth, candidate_ids=ids
+    )
     results = [
         (label, s, proxy_evidence(s.scores, truth.scores, seed=config.study.seed, boot=args.boot))
         for label, s in proxies
@@ -517,8 +526,9 @@ def run(args: argparse.Namespace, command: str) -> str:
         f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; "
         f"torch threads: {torch.get_num_threads()}; wall {time.perf_counter() - start:,.0f} s.",
         "",
-        f"Truth: FedAvg test accuracy of replicate 0 at round {table.rounds}; "
-        f"{len(ids)} of {len(table.listed)} candidates have every replicate complete. "
+        f"Truth: FedAvg test accuracy of replicate {table.truth} at round {table.rounds}; "
+        f"{len(ids)} of {len(table.listed)} candidates have {_replicates(table)} complete. "
+        f"{_observed(table)}"
         f"Intervals: 90 % percentile bootstrap over candidates, {args.boot} resamples. "
         f"Distillation (paid once, not in the bytes below): {source}. "
         "bytes, s: the proxy's traffic and wall seconds over all candidates (FedAvg rows: "
@@ -534,6 +544,22 @@ def run(args: argparse.Namespace, command: str) -> str:
     text += settling(table, ids, truth, seed=config.study.seed, boot=args.boot)
     write_atomic(args.table / "proxies.md", text)
     return text
+
+
+def _replicates(table: GroundTruthTable) -> str:
+    used = sorted(table.curves["replicate"].unique().tolist())
+    return "replicate " + ", ".join(map(str, used)) if len(used) == 1 else f"replicates {used}"
+
+
+def _observed(table: GroundTruthTable) -> str:
+    """Which seed the FedAvg baselines see: another than the truth's, or, in a one-replicate
+    reading, the truth's own (which flatters them: they share its seed luck)."""
+    if table.observe != table.truth:
+        return f"FedAvg-after-r rows read replicate {table.observe} (not the truth's seed). "
+    return (
+        f"One replicate in use: FedAvg-after-r rows read the truth's own seed (replicate "
+        f"{table.truth}), which flatters them — they share its seed luck. "
+    )
 
 
 def untuned(table: GroundTruthTable, truth: ProxyScores) -> str:
@@ -577,17 +603,18 @@ def paired(
 def settling(
     table: GroundTruthTable, ids: list[str], truth: ProxyScores, *, seed: int, boot: int
 ) -> str:
-    """Has the ranking settled by the final round? Same seed (replicate 0): Kendall τ between
+    """Has the ranking settled by the final round? Same seed (the truth's): Kendall τ between
     the accuracy after r rounds and after R, for r = R/4, R/2, 3R/4."""
     lines = [
         "",
-        f"## Has the ranking settled by round {table.rounds}? (same seed, replicate 0)",
+        f"## Has the ranking settled by round {table.rounds}? "
+        f"(same seed, replicate {table.truth})",
         "",
         "| rounds r | Kendall τ(r, R) [90 % CI] |",
         "|---|---|",
     ]
     for r in sorted({max(1, table.rounds * q // 4) for q in (1, 2, 3)}):
-        early = fedavg_after(table.curves, rounds=r, replicate=0, candidate_ids=ids)
+        early = fedavg_after(table.curves, rounds=r, replicate=table.truth, candidate_ids=ids)
         ev = proxy_evidence(early.scores, truth.scores, seed=seed, boot=boot).all
         lines.append(f"| {r} | {ev.tau.format(2)} |")
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,13 @@ def _whole_units(table: AppendTable, rounds: int) -> pd.DataFrame:
 @dataclass(frozen=True)
 class GroundTruthTable:
     """A ground-truth directory as read: its plan's settings, every listed candidate, the
-    whole curves, and the candidates whose every replicate is complete (in sample order)."""
+    whole curves of the replicates in use, and the candidates for which each of those is
+    complete (in sample order).
+
+    ``truth`` is the replicate candidates are judged by; ``observe`` the one cheap FedAvg
+    baselines (a few rounds, successive halving) see — another seed where the table has one,
+    so they do not share the truth's seed luck; the same one in a one-replicate table.
+    """
 
     candidates: pd.DataFrame
     curves: pd.DataFrame
@@ -245,13 +252,20 @@ class GroundTruthTable:
     replicates: int
     config: dict[str, Any]
     listed: pd.DataFrame
+    truth: int = 0
+    observe: int = 1
 
 
-def read_table(table_dir: Path) -> GroundTruthTable:
+def read_table(table_dir: Path, *, replicates: Sequence[int] | None = None) -> GroundTruthTable:
     """Read ``table_dir/groundtruth/`` without writing to it (a table may still be growing).
 
+    ``replicates`` (default: every replicate of the plan) are the ones in use: a candidate
+    counts once each of them is complete, the first is the truth and the second what cheap
+    FedAvg baselines observe — so a growing table can be read on one seed for every candidate
+    before the second seed is in.
+
     Raises:
-        ArtifactError: No ``plan.json`` there.
+        ArtifactError: No ``plan.json`` there, or a replicate the plan does not have.
     """
     gt = table_dir / "groundtruth"
     if not (gt / "plan.json").exists():
@@ -259,15 +273,42 @@ def read_table(table_dir: Path) -> GroundTruthTable:
     config = load_json(gt / "plan.json")["config"]
     g = config["groundtruth"]
     rounds = int(g["rounds"] if g.get("rounds") is not None else config["fedavg"]["rounds"])
-    replicates = int(g["replicates"])
+    planned = int(g["replicates"])
+    use = tuple(dict.fromkeys(replicates)) if replicates is not None else tuple(range(planned))
+    if not use or any(not 0 <= r < planned for r in use):
+        raise ArtifactError(
+            f"{gt} has replicates 0..{planned - 1}; choose among them (got {list(use)})"
+        )
     listed = pd.read_csv(gt / "candidates.csv", dtype={"candidate_id": str})
     listed = listed.sort_values("index").reset_index(drop=True)
     raw = AppendTable(gt / "curves.csv", CURVE_COLUMNS, text=("candidate_id",))
     curves = _whole(raw.read(repair=False), rounds)
-    per = curves[curves["replicate"] < replicates].groupby("candidate_id")["replicate"].nunique()
-    done = set(per[per == replicates].index)
+    curves = curves[curves["replicate"].isin(use)].reset_index(drop=True)
+    per = curves.groupby("candidate_id")["replicate"].nunique()
+    done = set(per[per == len(use)].index)
     complete = listed[listed["candidate_id"].isin(done)].reset_index(drop=True)
-    return GroundTruthTable(complete, curves, rounds, replicates, config, listed)
+    return GroundTruthTable(
+        complete,
+        curves,
+        rounds,
+        len(use),
+        config,
+        listed,
+        truth=use[0],
+        observe=use[min(1, len(use) - 1)],
+    )
+
+
+def parse_replicates(text: str) -> tuple[int, ...]:
+    """``"1"`` or ``"0,1"`` (a command-line list of replicates, truth first) as a tuple.
+
+    Raises:
+        ValueError: Not a comma-separated list of non-negative integers.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not a list of replicates, e.g. 1 or 0,1")
+    return tuple(int(p) for p in parts)
 
 
 def _units_in(curves: pd.DataFrame) -> set[tuple[str, int]]:

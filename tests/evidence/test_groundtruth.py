@@ -19,7 +19,9 @@ from distdd_nas.config import StudyConfig
 from distdd_nas.errors import ArtifactError, ConfigError
 from distdd_nas.evidence.groundtruth import CURVE_COLUMNS, sample_candidates
 from distdd_nas.stages.groundtruth import (
+    parse_replicates,
     plan_for,
+    read_table,
     seed_vs_seed_tau,
     table_fingerprint,
     table_identity,
@@ -236,3 +238,41 @@ def test_committed_tables_keep_their_fingerprint(plan: Path) -> None:
     identity = table_identity(study, plan_for(study))
     identity["threads"] = stored["identity"]["threads"]  # the thread count it was made with
     assert table_fingerprint(identity) == stored["fingerprint"]
+
+
+def _hand_table(root: Path) -> Path:
+    """A table of 3 candidates × 2 replicates × 2 rounds: c0 both replicates, c1 and c2
+    replicate 1 only, c2's curve torn after round 1 (a killed writer)."""
+    gt = root / "groundtruth"
+    gt.mkdir(parents=True)
+    config = {"groundtruth": {"rounds": 2, "replicates": 2}, "fedavg": {"rounds": 9}}
+    (gt / "plan.json").write_text(json.dumps({"config": config}))
+    listed = pd.DataFrame({"index": [0, 1, 2], "candidate_id": ["c0", "c1", "c2"]})
+    listed.to_csv(gt / "candidates.csv", index=False)
+    units = [("c0", 0, 2), ("c0", 1, 2), ("c1", 1, 2), ("c2", 1, 1)]
+    rows = [
+        {c: 0 for c in CURVE_COLUMNS}
+        | {"candidate_id": cid, "replicate": rep, "round": r, "test_accuracy": 0.1 * r + rep}
+        for cid, rep, last in units
+        for r in range(1, last + 1)
+    ]
+    pd.DataFrame(rows, columns=list(CURVE_COLUMNS)).to_csv(gt / "curves.csv", index=False)
+    return root
+
+
+def test_read_table_on_chosen_replicates(tmp_path: Path) -> None:
+    root = _hand_table(tmp_path)
+    both = read_table(root)
+    assert both.candidates["candidate_id"].tolist() == ["c0"]
+    assert (both.replicates, both.truth, both.observe) == (2, 0, 1)
+    one = read_table(root, replicates=(1,))  # every candidate with replicate 1 whole
+    assert one.candidates["candidate_id"].tolist() == ["c0", "c1"]
+    assert (one.replicates, one.truth, one.observe) == (1, 1, 1)
+    assert set(one.curves["replicate"]) == {1}
+    swapped = read_table(root, replicates=(1, 0))
+    assert (swapped.truth, swapped.observe) == (1, 0)
+    with pytest.raises(ArtifactError, match=r"has replicates 0\.\.1; choose among them"):
+        read_table(root, replicates=(2,))
+    assert parse_replicates("1, 0") == (1, 0)
+    with pytest.raises(ValueError, match=r"is not a list of replicates, e\.g\. 1 or 0,1"):
+        parse_replicates("one")
