@@ -73,8 +73,10 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process in MB (``ru_maxrss`` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
+    """Peak resident set of this process in MB: the larger of ``ru_maxrss`` (KiB on Linux) and
+    ``VmHWM``. The kernel folds the current RSS into ``ru_maxrss`` lazily, so on its own it can
+    read below the RSS right now; ``VmHWM`` takes the current RSS into account."""
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB, rss_mb("VmHWM"))
 
 
 def views_share_storage(fed: Federation) -> bool:
