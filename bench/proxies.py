@@ -205,7 +205,7 @@ def cache_key(study: Study, distilled: Path, epochs: int, epochs_long: int) -> s
     search = {
         k: v
         for k, v in search_identity(config).items()
-        if k not in ("sampler", "pruner", "backend")
+        if k not in ("sampler", "pruner", "backend", "virtual_steps")  # each proxy pins its own
     }
     parts = {
         "distilled": distilled.name,
@@ -307,11 +307,14 @@ def fl_hparam_proxies(
     cache: ScoreCache,
 ) -> list[tuple[str, ProxyScores]]:
     """Server-side proxies of a FedAvg-hyper-parameter table: each simulated-FedAvg variant on
-    the distilled set, and the study's variant on a random real subset (centralized reference),
-    each read from ``cache`` or computed for the candidates it lacks."""
+    the distilled set, and the scaled one on a random real subset (centralized reference), each
+    read from ``cache`` or computed for the candidates it lacks. Every proxy pins its virtual
+    steps, so ``search.virtual_steps`` is not part of the cache key."""
     out: list[tuple[str, ProxyScores]] = []
     with proxy_scorer(study, distilled) as (study, scorer):
-        for name, label, steps in SIMULATIONS:
+        chosen = study.config.search.virtual_steps  # the product's: first, so paired Δτ uses it
+        for name, label, steps in sorted(SIMULATIONS, key=lambda sim: sim[2] != chosen):
+            label += " (the study's setting)" if steps == chosen else ""
             variant = replace(scorer, virtual_steps=steps)
             scores = cache.get(
                 name,
@@ -321,9 +324,9 @@ def fl_hparam_proxies(
                 ),
             )
             out.append((label, scores))
-        real = random_real_scores(study, scorer, candidates, ids, cache=cache)
-        label = f"the study's simulation ({study.config.search.virtual_steps} steps) on a random"
-        out.append((f"{label} real subset (centralized reference)", real))
+        scaled = replace(scorer, virtual_steps="scaled")
+        real = random_real_scores(study, scaled, candidates, ids, cache=cache)
+        out.append(("the scaled simulation on a random real subset (centralized reference)", real))
     return out
 
 

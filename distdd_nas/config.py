@@ -227,8 +227,9 @@ class SearchSection(Section):
     ``holdout_fraction``: share of the test split the server keeps for ``server_holdout``
     scoring (FL validation then reports accuracy on the rest). ``virtual_examples``: total size
     of the virtual clients of simulated FedAvg (``fedavg.*`` spaces; None = the real sizes);
-    ``virtual_steps``: ``scaled`` (the study's batch: fewer local steps) or ``real`` (batch
-    scaled too: the real clients' local steps per round).
+    ``virtual_steps``: ``real`` (default: batch scaled with the examples, so each virtual
+    client takes its real client's local steps per round) or ``scaled`` (the study's batch:
+    fewer local steps).
     ``trial_timeout_s`` and ``concurrency`` apply to NNI trials.
     """
 
@@ -242,9 +243,11 @@ class SearchSection(Section):
     scoring: Literal["federated", "server_holdout"] = "federated"
     holdout_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
     virtual_examples: int | None = Field(default=2000, ge=1)
-    # local steps of simulated FedAvg's virtual clients (search.simulate); dumped only if "real"
+    # local steps of simulated FedAvg's virtual clients (search.simulate): "real" ranks FL
+    # hyper-parameters closer to real FedAvg (bench/data/fedavg_grid). Dumped only if not
+    # "scaled", the setting before the choice existed, so identities made then still hold.
     virtual_steps: Literal["scaled", "real"] = Field(
-        default="scaled", exclude_if=lambda v: v == "scaled"
+        default="real", exclude_if=lambda v: v == "scaled"
     )
     trial_timeout_s: float | None = Field(default=None, gt=0.0, le=MAX_SECONDS)
     concurrency: int = Field(default=1, ge=1)

@@ -121,3 +121,14 @@ def test_fidelity_studies_share_the_quickstart_budget() -> None:
         assert other.distill == quick.distill and other.model == quick.model
         assert other.data == quick.data
         assert (other.partition, other.noise) != (quick.partition, quick.noise)
+
+
+def test_virtual_steps_default_is_real_and_the_older_setting_keeps_its_identity() -> None:
+    """``real`` won on the FL-hyper-parameter ground truth (README, bench/data/fedavg_grid) and
+    is the default; ``scaled``, the behaviour before the choice existed, stays out of dumps so
+    searches fingerprinted then keep their identity, and the two never share one."""
+    assert smoke().search.virtual_steps == "real"
+    assert smoke().model_dump(mode="json")["search"]["virtual_steps"] == "real"
+    old = smoke('search.virtual_steps="scaled"')
+    assert "virtual_steps" not in old.model_dump(mode="json")["search"]
+    assert fingerprint(old) != fingerprint(smoke())

@@ -103,8 +103,8 @@ class ProxyScorer:
             off by default: without a pruner nothing reads them (the search stage turns them
             on when ``search.pruner`` is set).
         virtual_examples: Total size of the virtual clients of simulated FedAvg (None: real).
-        virtual_steps: Their local steps: ``scaled`` (study's batch) or ``real`` (batch scaled
-            so each takes its real client's steps per round).
+        virtual_steps: Their local steps: ``real`` (batch scaled so each takes its real
+            client's steps per round) or ``scaled`` (the study's batch).
     """
 
     distilled: DistilledSet
@@ -119,7 +119,7 @@ class ProxyScorer:
     report_every: int | None = None
     intermediate: bool = False
     virtual_examples: int | None = 2000
-    virtual_steps: VirtualSteps = "scaled"
+    virtual_steps: VirtualSteps = "real"
     _rounds: Iterator[int] = field(
         default_factory=lambda: itertools.count(1), init=False, repr=False
     )

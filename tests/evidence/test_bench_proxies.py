@@ -196,9 +196,9 @@ def test_fl_hyperparameter_table_scores_simulated_fedavg_variants(
     labels = [r.split(" | ")[0].removeprefix("| ") for r in rows[1:]]
     assert labels == [
         "seed-vs-seed ceiling (FedAvg, other seed, 2 rounds)",
+        "simulated FedAvg on the distilled set, real local steps (the study's setting)",
         "simulated FedAvg on the distilled set, study's batch (fewer steps)",
-        "simulated FedAvg on the distilled set, real local steps",
-        "the study's simulation (scaled steps) on a random real subset (centralized reference)",
+        "the scaled simulation on a random real subset (centralized reference)",
         "FedAvg after 1 round(s)",
         "FedAvg after 2 round(s)",
     ]
@@ -217,6 +217,8 @@ def test_fl_hyperparameter_table_scores_simulated_fedavg_variants(
     argv += ["--random-budget", "2", "--top-k", "2"]
     assert _bench("search_cost").main(argv) == 0
     assert "FedAvg + successive halving (5 candidates)" in capsys.readouterr().out
+    paired = (table / "proxies.md").read_text().partition("(paired Δτ)")[0].splitlines()[-1]
+    assert "real local steps (the study's setting)" in paired  # the product's default is "ours"
 
 
 @pytest.mark.timeout(300)
