@@ -28,7 +28,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -201,11 +201,15 @@ class ProxyScorer:
             if self.intermediate and not np.isnan(row["test_accuracy"]):
                 report(int(row["round"]), float(row["test_accuracy"]))
 
+        settings = candidate.fedavg_settings(self.fedavg)
+        if candidate.train.augment != "none":  # simulated local training is proxy training
+            local = replace(settings.local, augment=candidate.train.augment)
+            settings = replace(settings, local=local)
         result = simulated_fedavg(
             arch=candidate.arch,
             synthetic=synthetic,
             counts=self.client_class_counts,
-            settings=candidate.fedavg_settings(self.fedavg),
+            settings=settings,
             test=test or synthetic,
             seed=seed,
             total=self.virtual_examples,

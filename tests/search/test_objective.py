@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import pytest
 import torch
 
+import distdd_nas.search.objective as objective_module
 from distdd_nas.distill.result import DistilledSet
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation import InProcessEngine
-from distdd_nas.models import build_model, get_parameters
+from distdd_nas.models import ArchSpec, build_model, get_parameters
 from distdd_nas.search.backends import Pruned
 from distdd_nas.search.candidate import CandidateFactory
 from distdd_nas.search.objective import ProxyObjective, ProxyScorer, split_server_holdout
 from distdd_nas.stages.proxy_files import load_proxy_objective, save_proxy_inputs
 from distdd_nas.study import Federation, default_tasks
-from distdd_nas.training import evaluate_model
+from distdd_nas.training import TrainSettings, evaluate_model
 from tests.conftest import smoke
 
 
@@ -206,3 +208,25 @@ def test_a_pruned_trial_still_names_its_candidate_and_cost(
     assert attrs["candidate_id"] == want.candidate_id
     assert attrs["model"] == want.arch.short_name() and attrs["num_parameters"] > 0
     assert attrs["bytes_up"] == 0 == attrs["bytes_down"]  # server holdout: no traffic
+
+
+def test_simulated_fedavg_trains_locally_with_the_proxys_augmentation(
+    holdout_scorer: ProxyScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``search.augment`` augments every proxy-training batch, so the simulation's local
+    training too; the candidate's real FedAvg settings (what validation trains) keep none."""
+    seen: list[str] = []
+    real = objective_module.simulated_fedavg
+
+    def spy(**kwargs: Any) -> Any:
+        seen.append(kwargs["settings"].local.augment)
+        return real(**kwargs)
+
+    monkeypatch.setattr(objective_module, "simulated_fedavg", spy)
+    params = {"arch.depth": 1, "arch.width": 4, "fedavg.lr": 0.1}
+    plain = CandidateFactory(reference=ArchSpec(), train=TrainSettings(epochs=1))
+    dsa = CandidateFactory(reference=ArchSpec(), train=TrainSettings(epochs=1, augment="dsa"))
+    scores = [holdout_scorer(make(params), lambda s, v: None) for make in (plain, dsa)]
+    assert seen == ["none", "dsa"]
+    assert scores[0] != scores[1]  # the augmentation changed the simulated training
+    assert dsa(params).fedavg_settings(holdout_scorer.fedavg).local.augment == "none"
