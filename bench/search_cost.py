@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import optuna
 import pandas as pd
 
 from distdd_nas.artifacts import read_manifest, write_atomic
@@ -197,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     command = shlex.join(["python", "bench/search_cost.py", *(argv or sys.argv[1:])])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per replayed study
     try:
         print(run(args, command))
     except (DistddError, KeyError) as err:
