@@ -305,15 +305,18 @@ def fl_hparam_proxies(
     *,
     distilled: Path,
     cache: ScoreCache,
+    product_only: bool = False,
 ) -> list[tuple[str, ProxyScores]]:
     """Server-side proxies of a FedAvg-hyper-parameter table: each simulated-FedAvg variant on
     the distilled set, and the scaled one on a random real subset (centralized reference), each
-    read from ``cache`` or computed for the candidates it lacks. Every proxy pins its virtual
-    steps, so ``search.virtual_steps`` is not part of the cache key."""
+    read from ``cache`` or computed for the candidates it lacks (``product_only``: the study's
+    variant alone). Every proxy pins its virtual steps, so ``search.virtual_steps`` is not part
+    of the cache key."""
     out: list[tuple[str, ProxyScores]] = []
     with proxy_scorer(study, distilled) as (study, scorer):
         chosen = study.config.search.virtual_steps  # the product's: first, so paired Δτ uses it
-        for name, label, steps in sorted(SIMULATIONS, key=lambda sim: sim[2] != chosen):
+        sims = sorted(SIMULATIONS, key=lambda sim: sim[2] != chosen)
+        for name, label, steps in sims[:1] if product_only else sims:
             label += " (the study's setting)" if steps == chosen else ""
             variant = replace(scorer, virtual_steps=steps)
             scores = cache.get(
@@ -324,6 +327,8 @@ def fl_hparam_proxies(
                 ),
             )
             out.append((label, scores))
+        if product_only:
+            return out
         scaled = replace(scorer, virtual_steps="scaled")
         real = random_real_scores(study, scaled, candidates, ids, cache=cache)
         out.append(("the scaled simulation on a random real subset (centralized reference)", real))
@@ -339,11 +344,15 @@ def server_side_proxies(
     epochs: int,
     epochs_long: int,
     cache: ScoreCache,
+    product_only: bool = False,
 ) -> list[tuple[str, ProxyScores]]:
     """The proxies computed on the server's side (DistDD proxy at two budgets, the random real
-    reference, NASWOT), each read from ``cache`` or computed for the candidates it lacks."""
+    reference, NASWOT), each read from ``cache`` or computed for the candidates it lacks;
+    ``product_only``: the search's own scoring alone (a direction measured under an override)."""
     if is_fedavg_table(candidates):
-        return fl_hparam_proxies(study, candidates, ids, distilled=distilled, cache=cache)
+        return fl_hparam_proxies(
+            study, candidates, ids, distilled=distilled, cache=cache, product_only=product_only
+        )
     seed = study.config.study.seed
     out: list[tuple[str, ProxyScores]] = []
 
@@ -355,6 +364,8 @@ def server_side_proxies(
         for e in dict.fromkeys((epochs, epochs_long)):  # once when they are equal
             scores = distdd_scores(scorer, candidates, ids, epochs=e, cache=cache)
             out.append((f"DistDD proxy, {e} epochs", scores))
+            if product_only:
+                return out
         real = random_real_scores(study, scorer, candidates, ids, cache=cache, epochs=epochs)
         out.append((f"random real subset, {epochs} epochs (centralized reference)", real))
     images = load_distilled(distilled).images
@@ -372,8 +383,10 @@ def compute_proxies(
     epochs: int,
     epochs_long: int,
     cache: ScoreCache,
+    product_only: bool = False,
 ) -> list[tuple[str, ProxyScores]]:
-    """(label, scores) of every proxy, ceiling first, each under the table's ids."""
+    """(label, scores) of every proxy, ceiling first, each under the table's ids
+    (``product_only``: of the server-side proxies, the search's own scoring alone)."""
     ids = table.candidates["candidate_id"].tolist()
     r = table.rounds
     out: list[tuple[str, ProxyScores]] = []
@@ -390,15 +403,17 @@ def compute_proxies(
         epochs=epochs,
         epochs_long=epochs_long,
         cache=cache,
+        product_only=product_only,
     )
     fl_hparams = is_fedavg_table(candidates)
-    out += server if fl_hparams else server[:-1]
+    late = [row for row in server if row[1].name == "naswot"]  # printed after the param count
+    out += [row for row in server if row[1].name != "naswot"]
     for k in (k for k in FEDAVG_ROUNDS if k <= r):
         scores = fedavg_after(table.curves, rounds=k, replicate=table.observe, candidate_ids=ids)
         out.append((f"FedAvg after {k} round(s)", scores))
     if not fl_hparams:
         out.append(("parameter count (larger = better)", parameter_count(table.candidates)))
-        out.append(server[-1])
+        out += late
     for label, scores in out:
         print(f"  {label}: {scores.total_seconds:.1f} s", file=sys.stderr, flush=True)
     return [(label, scores.relabel(ids)) for label, scores in out]
@@ -460,6 +475,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="replicates in use, truth first (e.g. 1: one seed while the second is training)",
     )
     parser.add_argument(
+        "--product-only",
+        action="store_true",
+        help="of the server-side proxies, score only the search's own (a direction's run)",
+    )
+    parser.add_argument(
         "--prescore",
         action="store_true",
         help="only score every listed candidate into TABLE/proxy_scores.csv (no statistics)",
@@ -496,6 +516,7 @@ def run(args: argparse.Namespace, command: str) -> str:
             epochs=epochs,
             epochs_long=args.epochs_long,
             cache=cache,
+            product_only=args.product_only,
         )
         return f"scored {len(listed)} listed candidates into {cache.path}\n"
     proxies = compute_proxies(
@@ -506,6 +527,7 @@ def run(args: argparse.Namespace, command: str) -> str:
         epochs=epochs,
         epochs_long=args.epochs_long,
         cache=cache,
+        product_only=args.product_only,
     )
     ids = table.candidates["candidate_id"].tolist()
     truth = fedavg_after(

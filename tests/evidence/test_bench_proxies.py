@@ -213,6 +213,12 @@ def test_fl_hyperparameter_table_scores_simulated_fedavg_variants(
     assert "naswot" not in frame.columns and "param_count" not in frame.columns
     assert (frame["sim_real_steps_bytes"] > 0).all()  # one metered federated evaluation each
     assert not (frame["sim_scaled"] == frame["sim_real_steps"]).all()  # two trainings
+    # A direction's run scores the study's own simulation alone (here from the cache).
+    argv = [*common, *space, "--boot", "50", "--threads", "1", "--product-only"]
+    assert _bench("proxies").main(argv) == 0
+    only = capsys.readouterr().out.partition("## Better half")[0]
+    assert "real local steps (the study's setting)" in only and "study's batch" not in only
+    assert "random real subset" not in only and "FedAvg after 2 round(s)" in only
     argv = [*common, *space, "--proxy", "sim_real_steps", "--size", "5", "--repetitions", "2"]
     argv += ["--random-budget", "2", "--top-k", "2"]
     assert _bench("search_cost").main(argv) == 0
