@@ -41,7 +41,8 @@ GROWTH = (20, 40, 100, 540)
 def load_pool(
     study: Study, table: Path, *, replicates: Sequence[int] | None = None
 ) -> tuple[Pool, pd.DataFrame, dict[str, str]]:
-    """The table's candidates with every replicate complete, as a replay pool keyed by the ids
+    """The table's candidates with every replicate in use complete (``replicates``, default
+    all; the first judges, the second is observed), as a replay pool keyed by the ids
     this study gives them (a replayed trial names its candidate through the study's factory);
     also the rows and the map table id → study id (they differ when proxy settings differ)."""
     read = read_table(table, replicates=replicates)
