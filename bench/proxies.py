@@ -11,7 +11,8 @@ candidates and on the better half (by truth). Proxies, in the printed order:
 * the seed-vs-seed ceiling — replicate 1 at the final round: FedAvg itself under another seed;
 * the DistDD proxy (the search's scoring) at ``search.epochs`` and at ``--epochs-long``;
 * the same scoring on a random real subset with the same images per class (a centralized
-  reference, not a private method: it needs raw client data on the server);
+  reference, not a private method: it needs raw client data on the server), and with
+  ``--real-ipc N ...`` on subsets of N images per class too (how ranking grows with the set);
 * FedAvg after 1, 2 and 4 rounds (replicate 1, so it does not share the truth's luck);
 * parameter count (larger = better) and NASWOT at initialisation on the distilled set.
 
@@ -44,7 +45,7 @@ import torch
 
 from distdd_nas.artifacts import is_complete, read_manifest, write_atomic
 from distdd_nas.config import StudyConfig, fingerprint, from_dict, load_config
-from distdd_nas.errors import ArtifactError, DistddError
+from distdd_nas.errors import ArtifactError, ConfigError, DistddError
 from distdd_nas.evidence.proxies import (
     ProxyScores,
     distilled_proxy,
@@ -259,11 +260,15 @@ def random_real_scores(
     *,
     cache: ScoreCache,
     epochs: int | None = None,
+    ipc: int | None = None,
 ) -> ProxyScores:
     """The search's scoring trained on a random real subset of the clients' data with the
     distilled set's images per class (a centralized reference), from ``cache`` or computed;
-    cached as ``random_real_e<epochs>`` (``random_real_sim`` for simulated FedAvg)."""
+    cached as ``random_real_e<epochs>`` (``random_real_sim`` for simulated FedAvg). ``ipc``:
+    another subset size (cached as ``random_real_e<epochs>_ipc<ipc>``), drawn from the same
+    seed, so the size is the only change."""
     name = "random_real_sim" if epochs is None else f"random_real_e{epochs}"
+    name += "" if ipc is None else f"_ipc{ipc}"
     fed = study.federation
     return cache.get(
         name,
@@ -273,7 +278,7 @@ def random_real_scores(
             scorer,
             train=fed.train,
             pool=np.concatenate(fed.split.client_indices),
-            ipc=study.config.distill.ipc,
+            ipc=study.config.distill.ipc if ipc is None else ipc,
             seed=derive_seed(study.config.study.seed, "evidence", "random_real"),
             epochs=epochs,
             name=name,
@@ -345,10 +350,13 @@ def server_side_proxies(
     epochs_long: int,
     cache: ScoreCache,
     product_only: bool = False,
+    real_ipc: Sequence[int] = (),
 ) -> list[tuple[str, ProxyScores]]:
     """The proxies computed on the server's side (DistDD proxy at two budgets, the random real
     reference, NASWOT), each read from ``cache`` or computed for the candidates it lacks;
-    ``product_only``: the search's own scoring alone (a direction measured under an override)."""
+    ``product_only``: the search's own scoring alone (a direction measured under an override);
+    ``real_ipc``: random real subsets of these sizes too (how τ grows with the set's size: where
+    a set of the distilled set's size stands), added in either mode."""
     if is_fedavg_table(candidates):
         return fl_hparam_proxies(
             study, candidates, ids, distilled=distilled, cache=cache, product_only=product_only
@@ -365,9 +373,17 @@ def server_side_proxies(
             scores = distdd_scores(scorer, candidates, ids, epochs=e, cache=cache)
             out.append((f"DistDD proxy, {e} epochs", scores))
             if product_only:
-                return out
-        real = random_real_scores(study, scorer, candidates, ids, cache=cache, epochs=epochs)
-        out.append((f"random real subset, {epochs} epochs (centralized reference)", real))
+                break
+        if not product_only:
+            real = random_real_scores(study, scorer, candidates, ids, cache=cache, epochs=epochs)
+            out.append((f"random real subset, {epochs} epochs (centralized reference)", real))
+        for n in real_ipc:
+            real = random_real_scores(
+                study, scorer, candidates, ids, cache=cache, epochs=epochs, ipc=n
+            )
+            out.append((f"random real subset, {n} per class, {epochs} epochs", real))
+    if product_only:
+        return out
     images = load_distilled(distilled).images
     nas = cache.get("naswot", ids, lambda p: naswot(pick(p), images, like=fed.train, seed=seed))
     out.append(("NASWOT at init (distilled set)", nas))
@@ -384,9 +400,11 @@ def compute_proxies(
     epochs_long: int,
     cache: ScoreCache,
     product_only: bool = False,
+    real_ipc: Sequence[int] = (),
 ) -> list[tuple[str, ProxyScores]]:
     """(label, scores) of every proxy, ceiling first, each under the table's ids
-    (``product_only``: of the server-side proxies, the search's own scoring alone)."""
+    (``product_only``: of the server-side proxies, the search's own scoring alone;
+    ``real_ipc``: random real subsets of these sizes too)."""
     ids = table.candidates["candidate_id"].tolist()
     r = table.rounds
     out: list[tuple[str, ProxyScores]] = []
@@ -404,6 +422,7 @@ def compute_proxies(
         epochs_long=epochs_long,
         cache=cache,
         product_only=product_only,
+        real_ipc=real_ipc,
     )
     fl_hparams = is_fedavg_table(candidates)
     late = [row for row in server if row[1].name == "naswot"]  # printed after the param count
@@ -480,6 +499,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="of the server-side proxies, score only the search's own (a direction's run)",
     )
     parser.add_argument(
+        "--real-ipc",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also score random real subsets of N images per class (architecture tables)",
+    )
+    parser.add_argument(
         "--prescore",
         action="store_true",
         help="only score every listed candidate into TABLE/proxy_scores.csv (no statistics)",
@@ -500,6 +527,11 @@ def run(args: argparse.Namespace, command: str) -> str:
         )
     notes = check_plan(study, table)
     candidates = [study.candidates.from_row(row) for _, row in table.candidates.iterrows()]
+    if args.real_ipc and (is_fedavg_table(candidates) or min(args.real_ipc) < 1):
+        raise ConfigError(
+            f"--real-ipc {' '.join(map(str, args.real_ipc))}: give sizes >= 1, and only for an "
+            "architecture table (a FedAvg-hyper-parameter table has its own reference)"
+        )
     distilled, source = _distilled(study, args.cache)
     epochs = args.epochs or config.search.epochs
     cache = ScoreCache(
@@ -517,6 +549,7 @@ def run(args: argparse.Namespace, command: str) -> str:
             epochs_long=args.epochs_long,
             cache=cache,
             product_only=args.product_only,
+            real_ipc=args.real_ipc,
         )
         return f"scored {len(listed)} listed candidates into {cache.path}\n"
     proxies = compute_proxies(
@@ -528,6 +561,7 @@ def run(args: argparse.Namespace, command: str) -> str:
         epochs_long=args.epochs_long,
         cache=cache,
         product_only=args.product_only,
+        real_ipc=args.real_ipc,
     )
     ids = table.candidates["candidate_id"].tolist()
     truth = fedavg_after(

@@ -146,6 +146,26 @@ def test_prescored_candidates_are_reused_not_recomputed(
     cached = scores[scores["proxy"] == "distdd_e2"].set_index("candidate_id")["score"]
     assert (frame.loc[cached.index, "distdd_e2"] == cached).all()
 
+    # Subset sizes: the product's proxy plus random real subsets of 5 (the smoke study's ipc,
+    # so the same subset as the default reference, scored again) and 2 images per class.
+    capsys.readouterr()
+    assert bench.main([*common, "--product-only", "--real-ipc", "5", "2"]) == 0
+    out = capsys.readouterr().out.partition("## Better half")[0]
+    labels = [r.split(" | ")[0].removeprefix("| ") for r in out.splitlines() if r[:2] == "| "]
+    assert labels[1:5] == [
+        "seed-vs-seed ceiling (FedAvg, other seed, 2 rounds)",
+        "DistDD proxy, 2 epochs",
+        "random real subset, 5 per class, 2 epochs",
+        "random real subset, 2 per class, 2 epochs",
+    ]
+    assert "(centralized reference)" not in out and "NASWOT at init" not in out
+    sized = pd.read_csv(table / "proxies.csv").set_index("candidate_id")
+    default = scores[scores["proxy"] == "random_real_e2"].set_index("candidate_id")["score"]
+    assert (sized.loc[default.index, "random_real_e2_ipc5"] == default).all()
+    assert not (sized["random_real_e2_ipc2"] == sized["random_real_e2_ipc5"]).all()
+    assert bench.main([*common, "--real-ipc", "0"]) == 2
+    assert "--real-ipc 0: give sizes >= 1" in capsys.readouterr().err
+
 
 @pytest.mark.timeout(300)
 def test_search_cost_replays_a_table_made_under_other_proxy_settings(
@@ -219,6 +239,8 @@ def test_fl_hyperparameter_table_scores_simulated_fedavg_variants(
     only = capsys.readouterr().out.partition("## Better half")[0]
     assert "real local steps (the study's setting)" in only and "study's batch" not in only
     assert "random real subset" not in only and "FedAvg after 2 round(s)" in only
+    assert _bench("proxies").main([*common, *space, "--real-ipc", "3"]) == 2
+    assert "only for an architecture table" in capsys.readouterr().err
     argv = [*common, *space, "--proxy", "sim_real_steps", "--size", "5", "--repetitions", "2"]
     argv += ["--random-budget", "2", "--top-k", "2"]
     assert _bench("search_cost").main(argv) == 0
