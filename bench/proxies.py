@@ -369,11 +369,10 @@ def server_side_proxies(
 
     with proxy_scorer(study, distilled) as (study, scorer):
         fed = study.federation
-        for e in dict.fromkeys((epochs, epochs_long)):  # once when they are equal
+        budgets = (epochs,) if product_only else dict.fromkeys((epochs, epochs_long))
+        for e in budgets:  # once when they are equal
             scores = distdd_scores(scorer, candidates, ids, epochs=e, cache=cache)
             out.append((f"DistDD proxy, {e} epochs", scores))
-            if product_only:
-                break
         if not product_only:
             real = random_real_scores(study, scorer, candidates, ids, cache=cache, epochs=epochs)
             out.append((f"random real subset, {epochs} epochs (centralized reference)", real))
@@ -527,10 +526,13 @@ def run(args: argparse.Namespace, command: str) -> str:
         )
     notes = check_plan(study, table)
     candidates = [study.candidates.from_row(row) for _, row in table.candidates.iterrows()]
-    if args.real_ipc and (is_fedavg_table(candidates) or min(args.real_ipc) < 1):
+    if args.real_ipc and min(args.real_ipc) < 1:
+        sizes = " ".join(map(str, args.real_ipc))
+        raise ConfigError(f"--real-ipc {sizes}: give sizes >= 1 (images per class)")
+    if args.real_ipc and is_fedavg_table(candidates):
         raise ConfigError(
-            f"--real-ipc {' '.join(map(str, args.real_ipc))}: give sizes >= 1, and only for an "
-            "architecture table (a FedAvg-hyper-parameter table has its own reference)"
+            "--real-ipc is only for an architecture table (a FedAvg-hyper-parameter table has "
+            "its own random real reference); drop it"
         )
     distilled, source = _distilled(study, args.cache)
     epochs = args.epochs or config.search.epochs
