@@ -12,8 +12,9 @@ whole distillation (census included) from the engine's ledger. The options:
 * ``topk10`` / ``topk3``: 10 % / 3 % largest-magnitude entries of each tensor with error
   feedback (``distill.grad_topk``), float16 values;
 * ``seed``: each iteration's fresh network goes down as its seed (``distill.seed_broadcast``);
-* ``fraction50`` / ``fraction40``: 5 / 4 of the 10 clients per step
-  (``federation.fraction``);
+* ``fraction50`` / ``fraction40``: 5 / 4 of the 10 clients per step (``distill.fraction``;
+  the committed table, made before that setting existed, set ``federation.fraction``, which
+  the distillation used then: the same synthetic bytes, as a test checks);
 * combinations of these (``+`` in the name).
 
 Units are appended to ``OUT/units.csv`` as they finish (resumable through
@@ -59,8 +60,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "topk10": ("distill.grad_topk=0.1",),
     "topk3": ("distill.grad_topk=0.03",),
     "seed": ("distill.seed_broadcast=true",),
-    "fraction50": ("federation.fraction=0.5",),
-    "fraction40": ("federation.fraction=0.4",),
+    "fraction50": ("distill.fraction=0.5",),
+    "fraction40": ("distill.fraction=0.4",),
 }
 #: (option, distillation seed) in measuring order: what decides the target first.
 ORDER: tuple[tuple[str, int], ...] = (

@@ -192,6 +192,10 @@ class DistillSection(Section):
     inner_loop: int | None = Field(default=None, ge=0)
     batch_real: int = Field(default=64, ge=1)
     batch_mode: Literal["proportional", "per_client"] = "proportional"
+    # Share of the clients asked for gradients each matching step (None: federation.fraction,
+    # which FedAvg shares). The step's batch_real images per class come from fewer clients in
+    # larger batches, so a step costs less; dumped only if set, so earlier fingerprints hold.
+    fraction: float | None = Field(default=None, gt=0.0, le=1.0, exclude_if=lambda v: v is None)
     batch_syn: int = Field(default=256, ge=1)
     lr_img: float = _lr(0.1)
     momentum_img: float = Field(default=0.5, ge=0.0, lt=1.0)

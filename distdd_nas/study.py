@@ -254,6 +254,13 @@ class Study:
             eval_every=f.eval_every,
         )
 
+    @property
+    def distill_fraction(self) -> float:
+        """Share of the clients asked for gradients each matching step: ``distill.fraction``,
+        else ``federation.fraction`` (the share FedAvg samples each round)."""
+        own = self.config.distill.fraction
+        return self.config.federation.fraction if own is None else own
+
     @cached_property
     def quorum(self) -> Quorum:
         """How many replies a round needs before it is retried or skipped (``[federation]``)."""

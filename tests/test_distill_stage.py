@@ -87,6 +87,40 @@ def test_same_config_is_a_cache_hit_and_same_seed_same_bytes(tmp_path: Path) -> 
     )
 
 
+def test_distill_fraction_samples_clients_per_step_as_the_federation_fraction_does(
+    tmp_path: Path,
+) -> None:
+    """``distill.fraction`` asks a share of the clients each matching step, exactly as
+    ``federation.fraction`` would (same synthetic bytes, same per-step senders), while FedAvg
+    keeps sampling every client (``federation.fraction`` untouched)."""
+    from distdd_nas.config import load_config
+    from distdd_nas.study import Study
+
+    own = ["--set", "distill.fraction=0.5"]
+    assert distill(tmp_path / "own", tmp_path / "cache", *own) == 0
+    assert distill(tmp_path / "fed", tmp_path / "cache", "--set", "federation.fraction=0.5") == 0
+    assert distill(tmp_path / "all", tmp_path / "cache") == 0
+    runs = {
+        name: Path(json.loads((tmp_path / name / "distill" / "summary.json").read_text())["artifact"])
+        for name in ("own", "fed", "all")
+    }
+    assert len(set(runs.values())) == 3  # three cache entries: the settings differ
+    images = {k: load_npz(v / "synthetic.npz")["images"].tobytes() for k, v in runs.items()}
+    assert images["own"] == images["fed"] != images["all"]
+
+    def senders(artifact: Path) -> pd.Series:
+        comm = pd.read_csv(artifact / "comm.csv")
+        up = comm[(comm.direction == "up") & (comm.kind == "class_gradients")]
+        return up.groupby("round")["client"].nunique()
+
+    num_clients = load_config(SMOKE).partition.num_clients
+    assert senders(runs["own"]).max() == round(0.5 * num_clients)
+    assert senders(runs["own"]).equals(senders(runs["fed"]))
+    assert senders(runs["all"]).min() > round(0.5 * num_clients)
+    study = Study(load_config(SMOKE, ["distill.fraction=0.5"]))
+    assert study.distill_fraction == 0.5 and study.fedavg_settings.fraction == 1.0
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -13,8 +13,9 @@ followed by a network update. With ``seed_broadcast`` an iteration's first step 
 network's seed, not its weights (clients rebuild it bit-identically); later steps must send
 weights: the network has moved along aggregates the clients never see.
 
-Client sampling (``fraction``) is an argument rather than a distill setting: it belongs to the
-federation (``config.federation.fraction``) and is shared with FedAvg.
+Client sampling (``fraction``) is an argument rather than read from the settings: a study takes
+``distill.fraction`` where set, else ``federation.fraction``, the share FedAvg samples
+(:attr:`distdd_nas.study.Study.distill_fraction`).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def distill_on(
         input_shape=like.input_shape,
         num_classes=like.num_classes,
         settings=study.config.distill,
-        fraction=study.config.federation.fraction,
+        fraction=study.distill_fraction,
         seed=study.config.study.seed if seed is None else seed,
         test=study.federation.test if study.config.distill.eval_every else None,
         on_iteration=on_row,
