@@ -101,7 +101,9 @@ def test_distill_fraction_samples_clients_per_step_as_the_federation_fraction_do
     assert distill(tmp_path / "fed", tmp_path / "cache", "--set", "federation.fraction=0.5") == 0
     assert distill(tmp_path / "all", tmp_path / "cache") == 0
     runs = {
-        name: Path(json.loads((tmp_path / name / "distill" / "summary.json").read_text())["artifact"])
+        name: Path(
+            json.loads((tmp_path / name / "distill" / "summary.json").read_text())["artifact"]
+        )
         for name in ("own", "fed", "all")
     }
     assert len(set(runs.values())) == 3  # three cache entries: the settings differ
