@@ -29,7 +29,7 @@ is that event's at δ, the run's the worst over clients. The server sees only no
 it accounts every client as :data:`UNKNOWN_COUNTS` (sampling rate 1 for two classes: no
 amplification, an upper bound for any counts); :func:`epsilon` with a client's true (n, take)
 pairs gives the tighter ε that client could account for itself. Client sampling
-(``federation.fraction`` < 1) would only lower ε and is ignored.
+(``distill.fraction``, else ``federation.fraction``, < 1) would only lower ε and is ignored.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def _validated(
         arch=candidate.arch,
         test=study.validation_test,
         # Only the final accuracy is kept: evaluating every round would cost a test-set pass
-        # per round (a tenth of a ConvNet-32 round) for a curve nothing reads.
+        # per round (a fifth of a ConvNet-32 round at two threads) for a curve nothing reads.
         settings=replace(settings, eval_every=settings.rounds),
         seed=study.config.study.seed,
         quorum=study.quorum,
