@@ -11,6 +11,8 @@ import pytest
 
 from distdd_nas.artifacts import load_npz, read_manifest
 from distdd_nas.cli import main
+from distdd_nas.config import load_config
+from distdd_nas.study import Study
 from tests.conftest import SMOKE
 
 FAST = [
@@ -93,9 +95,6 @@ def test_distill_fraction_samples_clients_per_step_as_the_federation_fraction_do
     """``distill.fraction`` asks a share of the clients each matching step, exactly as
     ``federation.fraction`` would (same synthetic bytes, same per-step senders), while FedAvg
     keeps sampling every client (``federation.fraction`` untouched)."""
-    from distdd_nas.config import load_config
-    from distdd_nas.study import Study
-
     own = ["--set", "distill.fraction=0.5"]
     assert distill(tmp_path / "own", tmp_path / "cache", *own) == 0
     assert distill(tmp_path / "fed", tmp_path / "cache", "--set", "federation.fraction=0.5") == 0
