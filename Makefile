@@ -81,10 +81,11 @@ groundtruth: setup
 	$(VENV)/bin/distdd-nas --threads 1 groundtruth studies/quickstart.toml \
 	  --set groundtruth.rounds=16 --out bench/data/quickstart
 
-# Every cheap proxy against the ground truth, then the search cost at equal quality.
+# Every cheap proxy against the ground truth (the DistDD proxy at the study's 30 epochs and at
+# 100, the quickstart's before), then the search cost at equal quality.
 evidence: setup
 	$(PY) bench/proxies.py --study studies/quickstart.toml --table bench/data/quickstart \
-	  --cache artifacts --threads 1
+	  --cache artifacts --threads 1 --epochs-long 100
 	$(PY) bench/search_cost.py --study studies/quickstart.toml --table bench/data/quickstart \
 	  --cache artifacts --proxy distdd_e100
 

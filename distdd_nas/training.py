@@ -7,6 +7,7 @@ random-real-subset baseline. Every shuffle draws from an explicit generator.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -56,12 +57,20 @@ def train_model(
     prox_center: Mapping[str, torch.Tensor] | None = None,
     prox_mu: float = 0.0,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    stop_if_diverged: bool = False,
 ) -> float:
     """Train in place with mini-batch SGD; return the mean training loss of the last epoch.
 
     ``prox_center``/``prox_mu`` add FedProx's proximal term μ/2·‖w − w_global‖². ``on_epoch``
     is called after each epoch with (epoch index, model); it may raise to stop early (pruning).
     ``max_steps`` caps the number of optimiser steps over all epochs (local_steps in FedAvg).
+
+    ``stop_if_diverged`` returns NaN at the first step whose loss is not finite and that leaves
+    a parameter not finite. SGD (momentum and weight decay included) never makes a NaN or infinite
+    weight finite again (NaN absorbs, ∞ − ∞ is NaN), so the weights the full run would return are
+    non-finite as well: where non-finite weights are discarded whatever they are — FedAvg's
+    server drops such an update — stopping changes nothing but the time
+    (``bench/diverged_round.py``).
     """
     n = int(labels.shape[0])
     if n == 0:
@@ -100,7 +109,10 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            value = float(loss.detach())
+            if stop_if_diverged and not math.isfinite(value) and _any_non_finite(model):
+                return float("nan")
+            total += value * len(idx)
             count += len(idx)
             steps += 1
             if settings.max_steps is not None and steps >= settings.max_steps:
@@ -109,6 +121,10 @@ def train_model(
         if on_epoch is not None:
             on_epoch(epoch, model)
     return last_loss
+
+
+def _any_non_finite(model: nn.Module) -> bool:
+    return any(not bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 @torch.no_grad()

@@ -126,8 +126,9 @@ def test_training_with_augmentation_is_seeded_and_checked() -> None:
 
 def test_candidate_ids_are_unchanged_without_augmentation() -> None:
     """The quickstart's reference candidate keeps the id its ground-truth rows carry
-    (bench/data/quickstart/groundtruth/candidates.csv); augmentation makes another candidate."""
-    study = Study(load_config("quickstart"))
+    (bench/data/quickstart/groundtruth/candidates.csv, made while the quickstart's proxy trained
+    100 epochs); augmentation makes another candidate."""
+    study = Study(load_config("quickstart", ["search.epochs=100"]))
     assert study.candidates({}).candidate_id == "9c7ceb20fb"
-    dsa_study = Study(load_config("quickstart", ['search.augment="dsa"']))
+    dsa_study = Study(load_config("quickstart", ["search.epochs=100", 'search.augment="dsa"']))
     assert dsa_study.candidates({}).candidate_id != "9c7ceb20fb"

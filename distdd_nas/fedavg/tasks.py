@@ -50,8 +50,12 @@ def _settings(cfg: Any) -> TrainSettings:
     )
 
 
-def local_train(client: ClientData, msg: Message) -> Message:
-    """Train the received model on the client's training split; reply weights and example count."""
+def local_train(client: ClientData, msg: Message, *, stop_if_diverged: bool = True) -> Message:
+    """Train the received model on the client's training split; reply weights and example count.
+
+    A client whose weights turn non-finite stops there (``train_model``'s ``stop_if_diverged``):
+    the server drops a non-finite update whenever it was computed, so the round's outcome is the
+    same and a diverging candidate costs a few steps per client instead of an epoch."""
     model = model_from_message(client, msg)
     images = client.dataset.images[client.train_indices]
     labels = client.dataset.labels[client.train_indices]
@@ -65,6 +69,7 @@ def local_train(client: ClientData, msg: Message) -> Message:
         generator=torch_generator(int(msg.config["seed"]), "local_train", client.cid),
         prox_center=center,
         prox_mu=prox_mu,
+        stop_if_diverged=stop_if_diverged,
     )
     return Message(
         arrays=as_numpy(get_parameters(model)),

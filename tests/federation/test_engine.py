@@ -159,3 +159,55 @@ def test_fedavg_excludes_a_nan_client_and_stays_finite() -> None:
     assert result.history["rejected"].tolist() == [1, 1]
     assert all(np.isfinite(v).all() for v in result.parameters.values())
     assert result.test_accuracy > 0.3
+
+
+def test_a_diverging_client_stops_early_and_the_round_is_unchanged(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # No normalisation, no pooling, lr 2: every client's weights blow up within an epoch. The
+    # server drops non-finite updates, so stopping a client at its first non-finite step must
+    # leave FedAvg's weights and history bit for bit as the full epochs leave them.
+    import functools
+
+    import torch.nn.functional as F
+
+    from distdd_nas.fedavg.tasks import evaluate, local_train
+
+    steps = {"n": 0}
+    cross_entropy = F.cross_entropy
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("reduction", "mean") == "mean":
+            steps["n"] += 1
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(F, "cross_entropy", counting)
+    study = Study(
+        smoke(
+            "fedavg.rounds=2",
+            "fedavg.lr=2.0",
+            'model.norm="none"',
+            'model.pool="none"',
+            'model.act="leakyrelu"',
+        )
+    )
+    fed = study.federation
+
+    def run(stop: bool):  # type: ignore[no-untyped-def]
+        steps["n"] = 0
+        task = functools.partial(local_train, stop_if_diverged=stop)
+        engine = InProcessEngine(
+            clients=fed.clients, tasks={"local_train": task, "evaluate": evaluate}
+        )
+        result = run_fedavg(
+            engine, arch=study.reference, test=fed.test, settings=study.fedavg_settings, seed=0
+        )
+        return result, steps["n"], engine.ledger.to_frame()
+
+    stopped, stopped_steps, stopped_ledger = run(True)
+    full, full_steps, full_ledger = run(False)
+    assert stopped.history["rejected"].sum() > 0, "the setting must make clients diverge"
+    assert stopped_steps < full_steps / 2, (stopped_steps, full_steps)
+    for key, value in full.parameters.items():
+        np.testing.assert_array_equal(stopped.parameters[key], value)
+    columns = [c for c in full.history.columns if c != "wall_s"]
+    assert stopped.history[columns].equals(full.history[columns])
+    assert stopped_ledger.equals(full_ledger)
