@@ -82,7 +82,8 @@ groundtruth: setup
 	  --set groundtruth.rounds=16 --out bench/data/quickstart
 
 # Every cheap proxy against the ground truth (the DistDD proxy at the study's 30 epochs and at
-# 100, the quickstart's before), then the search cost at equal quality.
+# 100, the quickstart's before), then the search cost at equal quality — replayed for the
+# 100-epoch proxy, the one the committed search_cost.md is of.
 evidence: setup
 	$(PY) bench/proxies.py --study studies/quickstart.toml --table bench/data/quickstart \
 	  --cache artifacts --threads 1 --epochs-long 100

@@ -10,6 +10,7 @@ from distdd_nas.fedavg.server import run_fedavg
 from distdd_nas.federation import InProcessEngine, Message, select_clients
 from distdd_nas.federation.faults import Faults
 from distdd_nas.models import build_model
+from distdd_nas.seeding import derive_seed
 from distdd_nas.study import Study, build_federation
 from tests.conftest import smoke
 
@@ -162,52 +163,67 @@ def test_fedavg_excludes_a_nan_client_and_stays_finite() -> None:
 
 
 def test_a_diverging_client_stops_early_and_the_round_is_unchanged(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    # No normalisation, no pooling, lr 2: every client's weights blow up within an epoch. The
-    # server drops non-finite updates, so stopping a client at its first non-finite step must
-    # leave FedAvg's weights and history bit for bit as the full epochs leave them.
+    # Client 1 trains at lr 50 (leaky ReLU, no normalisation, no pooling) and blows up within
+    # its epoch; the others train normally. The server drops non-finite updates, so stopping
+    # client 1 at its first non-finite step must leave FedAvg's weights, history and ledger bit
+    # for bit as the full epochs leave them, while client 1 takes fewer steps.
     import functools
 
     import torch.nn.functional as F
 
     from distdd_nas.fedavg.tasks import evaluate, local_train
 
-    steps = {"n": 0}
+    steps: dict[int, int] = {}
     cross_entropy = F.cross_entropy
+    current = {"cid": -1}
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         if kwargs.get("reduction", "mean") == "mean":
-            steps["n"] += 1
+            steps[current["cid"]] = steps.get(current["cid"], 0) + 1
         return cross_entropy(*args, **kwargs)
 
     monkeypatch.setattr(F, "cross_entropy", counting)
     study = Study(
-        smoke(
-            "fedavg.rounds=2",
-            "fedavg.lr=2.0",
-            'model.norm="none"',
-            'model.pool="none"',
-            'model.act="leakyrelu"',
-        )
+        smoke("fedavg.rounds=2", 'model.norm="none"', 'model.pool="none"', 'model.act="leakyrelu"')
     )
     fed = study.federation
+    initial = build_model(
+        study.reference,
+        input_shape=fed.train.input_shape,
+        num_classes=fed.num_classes,
+        seed=derive_seed(0, "fedavg", "init"),
+    ).state_dict()
 
     def run(stop: bool):  # type: ignore[no-untyped-def]
-        steps["n"] = 0
-        task = functools.partial(local_train, stop_if_diverged=stop)
+        steps.clear()
+        train = functools.partial(local_train, stop_if_diverged=stop)
+
+        def task(client, msg):  # type: ignore[no-untyped-def]
+            current["cid"] = client.cid
+            if client.cid == 1:
+                msg = Message(arrays=msg.arrays, config={**msg.config, "lr": 50.0})
+            return train(client, msg)
+
         engine = InProcessEngine(
             clients=fed.clients, tasks={"local_train": task, "evaluate": evaluate}
         )
         result = run_fedavg(
             engine, arch=study.reference, test=fed.test, settings=study.fedavg_settings, seed=0
         )
-        return result, steps["n"], engine.ledger.to_frame()
+        return result, dict(steps), engine.ledger.to_frame()
 
     stopped, stopped_steps, stopped_ledger = run(True)
     full, full_steps, full_ledger = run(False)
-    assert stopped.history["rejected"].sum() > 0, "the setting must make clients diverge"
-    assert stopped_steps < full_steps / 2, (stopped_steps, full_steps)
+    assert full.history["rejected"].tolist() == [1, 1], "client 1, and only it, diverges"
+    assert stopped_steps[1] < full_steps[1] / 2, (stopped_steps, full_steps)
+    assert {c: n for c, n in stopped_steps.items() if c != 1} == {
+        c: n for c, n in full_steps.items() if c != 1
+    }
     for key, value in full.parameters.items():
         np.testing.assert_array_equal(stopped.parameters[key], value)
+    assert any(
+        not np.array_equal(full.parameters[k], initial[k].numpy()) for k in full.parameters
+    ), "the healthy clients move the model"
     columns = [c for c in full.history.columns if c != "wall_s"]
     assert stopped.history[columns].equals(full.history[columns])
     assert stopped_ledger.equals(full_ledger)
