@@ -55,7 +55,11 @@ def local_train(client: ClientData, msg: Message, *, stop_if_diverged: bool = Tr
 
     A client whose weights turn non-finite stops there (``train_model``'s ``stop_if_diverged``):
     the server drops a non-finite update whenever it was computed, so the round's outcome is the
-    same and a diverging candidate costs a few steps per client instead of an epoch."""
+    same and a diverging candidate costs a few steps per client instead of an epoch. Two things
+    do change: under a Flower round timeout a diverging client that used to time out now replies
+    (and is rejected), and a server that kept non-finite updates (a custom aggregation) would see
+    the weights at the stop instead of the epoch's end; a task map holding
+    ``functools.partial(local_train, stop_if_diverged=False)`` keeps the full epochs."""
     model = model_from_message(client, msg)
     images = client.dataset.images[client.train_indices]
     labels = client.dataset.labels[client.train_indices]
