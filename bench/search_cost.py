@@ -97,7 +97,12 @@ def run(args: argparse.Namespace, command: str) -> str:
             "candidates; re-run bench/proxies.py on the table first"
         )
     proxies = proxies.loc[rows["candidate_id"]].rename(index=to_study)
-    manifest = read_manifest(distilled_dir(study, args.cache)) or {}
+    manifest = read_manifest(distilled_dir(study, args.cache))
+    if manifest is None:  # DistDD-NAS would be priced without its distillation
+        raise ArtifactError(
+            f"no distilled set of this study in {args.cache}: DistDD-NAS's cost includes its "
+            "distillation; pass the --cache bench/proxies.py used on this table (it distils)"
+        )
     distill_bytes = float(manifest.get("bytes_up", 0)) + float(manifest.get("bytes_down", 0))
     distdd = {
         "scores": proxies[args.proxy].to_dict(),

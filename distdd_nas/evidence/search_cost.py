@@ -174,7 +174,8 @@ def compare_searches(
     distdd: Mapping[str, Any],
     pruners: Sequence[str] = ("successive_halving", "hyperband"),
 ) -> list[Outcome]:
-    """Every method on ``repetitions`` seeded sub-pools of ``size`` candidates.
+    """Every method on ``repetitions`` seeded sub-pools of ``size`` candidates (drawn in the
+    order of ``pool.candidates``, so the same for any renaming of the candidates).
 
     ``distdd`` holds the DistDD-NAS inputs of :func:`distdd_pick` (scores, scoring_bytes,
     scoring_seconds, top_k, distill_bytes, distill_seconds).
@@ -182,7 +183,11 @@ def compare_searches(
     Raises:
         ConfigError: ``size`` larger than the pool, or ``random_budget`` larger than ``size``.
     """
-    ids = sorted(pool.final(pool.truth).index.intersection(pool.final(pool.observe).index))
+    # Sub-pools are drawn in the pool's own candidate order (the table's), not by id: ids hash
+    # the proxy's settings, so replays of one table under two proxy settings get the same
+    # sub-pools and their outcomes pair up.
+    both = set(pool.final(pool.truth).index) & set(pool.final(pool.observe).index)
+    ids = [c for c in pool.candidates if c in both]
     if not 1 <= random_budget <= size <= len(ids):
         raise ConfigError(
             f"need 1 <= random_budget ({random_budget}) <= size ({size}) <= pool ({len(ids)}); "

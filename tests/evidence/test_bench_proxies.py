@@ -125,6 +125,11 @@ def test_search_cost_script_on_a_smoke_table(
         assert method in text
     assert "MB sent as the pool grows (computed from the measured per-candidate means" in text
     assert _bench("search_cost").main([*common, "--proxy", "nope"]) == 2
+    capsys.readouterr()
+    empty = [*common[:-1], str(tmp_path / "empty_cache")]  # common ends with --cache DIR
+    assert _bench("search_cost").main([*empty, "--proxy", "distdd_e2"]) == 2
+    err = capsys.readouterr().err
+    assert "no distilled set of this study in" in err and "--cache" in err
 
 
 @pytest.mark.timeout(300)

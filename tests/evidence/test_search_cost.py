@@ -112,3 +112,43 @@ def test_compare_searches_is_seeded_and_judges_picks_by_the_other_replicate() ->
     assert distdd_row["bytes_mean"] == 4 * 1.0 + 20 * R
     with pytest.raises(ConfigError, match=r"need 1 <= random_budget"):
         compare_searches(pool, **{**args, "size": 7})  # type: ignore[arg-type]
+
+
+def test_sub_pools_follow_the_pool_order_not_the_candidate_ids() -> None:
+    """Candidate ids hash the proxy's training settings; two replays of one table under two
+    proxy settings must draw the same sub-pools, so the same seeds give the same outcomes for
+    the same candidates under their other ids."""
+    observed = {n: 0.5 + 0.03 * i for i, n in enumerate(LABELS)}
+    truth = {n: 0.8 - 0.05 * (i % 3) for i, n in enumerate(LABELS)}
+    pool = _pool(observed, truth)
+    longer = CandidateFactory(reference=ArchSpec(depth=1, width=8), train=TrainSettings(epochs=2))
+    again = {ID[n]: longer({"arch.width": 8 + i}) for i, n in enumerate(LABELS)}
+    renamed = {old: c.candidate_id for old, c in again.items()}
+    assert [renamed[k] for k in sorted(renamed)] != sorted(renamed.values()), (
+        "the renaming must change the ids' sort order, or the test cannot fail"
+    )
+    other = Pool(
+        pool.curves.assign(candidate_id=pool.curves["candidate_id"].map(renamed)),
+        {renamed[k]: again[k] for k in pool.candidates},
+        rounds=R,
+    )
+
+    def distdd(names: dict[str, str]) -> dict[str, object]:
+        return {
+            "scores": {names[ID[n]]: float(i % 4) for i, n in enumerate(LABELS)},
+            "scoring_bytes": dict.fromkeys(names.values(), 1.0),
+            "scoring_seconds": dict.fromkeys(names.values(), 0.0),
+            "top_k": 1,
+            "distill_bytes": 0.0,
+            "distill_seconds": 0.0,
+        }
+
+    args = {"size": 3, "repetitions": 8, "seed": 5, "random_budget": 2}
+    same = {v: v for v in ID.values()}
+    first = compare_searches(pool, distdd=distdd(same), **args)  # type: ignore[arg-type]
+    second = compare_searches(other, distdd=distdd(renamed), **args)  # type: ignore[arg-type]
+    back = {v: k for k, v in renamed.items()}
+    assert [(o.method, o.picked, o.truth, o.best_truth, o.bytes) for o in first] == [
+        (o.method, back[o.picked], o.truth, o.best_truth, o.bytes) for o in second
+    ]
+    assert len({o.best_truth for o in first}) > 1, "the sub-pools must differ between repetitions"
