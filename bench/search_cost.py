@@ -193,7 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--proxy", default="distdd_e100", help="a score column of proxies.csv")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="K=V")
     parser.add_argument("--size", type=int, default=20, help="candidates per sub-pool")
-    parser.add_argument("--repetitions", type=int, default=20)
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        default=200,
+        help="seeded sub-pools (20 swung mean regrets by >1 point)",
+    )
     parser.add_argument("--random-budget", type=int, default=10)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
