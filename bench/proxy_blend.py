@@ -25,18 +25,11 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from distdd_nas.artifacts import write_atomic
-from distdd_nas.evidence.statistics import ranking_evidence
+from distdd_nas.evidence.statistics import halves, ranking_evidence
 from distdd_nas.rank_metrics import kendall_tau
 from distdd_nas.report.tables import markdown_table
-from distdd_nas.seeding import numpy_rng
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
-
-
-def halves(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of ``range(n)`` into two halves (sizes ⌈n/2⌉ and ⌊n/2⌋)."""
-    order = numpy_rng(seed, "proxy_blend", "halves").permutation(n)
-    return np.sort(order[: (n + 1) // 2]), np.sort(order[(n + 1) // 2 :])
 
 
 def blend(cheap: np.ndarray, fedavg: np.ndarray, w: float) -> np.ndarray:

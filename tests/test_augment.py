@@ -127,8 +127,9 @@ def test_training_with_augmentation_is_seeded_and_checked() -> None:
 def test_candidate_ids_are_unchanged_without_augmentation() -> None:
     """The quickstart's reference candidate keeps the id its ground-truth rows carry
     (bench/data/quickstart/groundtruth/candidates.csv, made while the quickstart's proxy trained
-    100 epochs); augmentation makes another candidate."""
-    study = Study(load_config("quickstart", ["search.epochs=100"]))
+    100 epochs at lr 0.01); augmentation makes another candidate."""
+    made_with = ["search.epochs=100", "search.lr=0.01"]
+    study = Study(load_config("quickstart", made_with))
     assert study.candidates({}).candidate_id == "9c7ceb20fb"
-    dsa_study = Study(load_config("quickstart", ["search.epochs=100", 'search.augment="dsa"']))
+    dsa_study = Study(load_config("quickstart", [*made_with, 'search.augment="dsa"']))
     assert dsa_study.candidates({}).candidate_id != "9c7ceb20fb"

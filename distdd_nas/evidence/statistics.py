@@ -267,6 +267,15 @@ def better_half(truth: Any) -> np.ndarray:
     return np.sort(order[: len(y) // 2])
 
 
+def halves(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of ``range(n)`` into two sorted halves (sizes ⌈n/2⌉ and ⌊n/2⌋): tune
+    a proxy's settings on one, report it on the other (``bench/proxy_blend.py``,
+    ``bench/proxy_recipe.py``). The stream keeps the name of the bench that introduced it, so
+    the halves of the committed blend tables stay the same."""
+    order = numpy_rng(seed, "proxy_blend", "halves").permutation(n)
+    return np.sort(order[: (n + 1) // 2]), np.sort(order[(n + 1) // 2 :])
+
+
 def proxy_evidence(
     proxy: Any,
     truth: Any,
@@ -304,6 +313,7 @@ __all__ = [
     "RankingEvidence",
     "better_half",
     "bootstrap_interval",
+    "halves",
     "kendall_tau_b",
     "proxy_evidence",
     "ranking_evidence",
