@@ -82,13 +82,13 @@ groundtruth: setup
 	  --set groundtruth.rounds=16 --out bench/data/quickstart
 
 # Every cheap proxy against the ground truth (the DistDD proxy at the study's 30 epochs and at
-# 100, the quickstart's before), then the search cost at equal quality — replayed for the
-# 100-epoch proxy, the one the committed search_cost.md is of.
+# 100), then the search cost at equal quality, replayed for the study's own proxy. The committed
+# proxies.md and search_cost.md are of the study before its proxy changed (README, "Evidence").
 evidence: setup
 	$(PY) bench/proxies.py --study studies/quickstart.toml --table bench/data/quickstart \
 	  --cache artifacts --threads 1 --epochs-long 100
 	$(PY) bench/search_cost.py --study studies/quickstart.toml --table bench/data/quickstart \
-	  --cache artifacts --proxy distdd_e100
+	  --cache artifacts --proxy distdd_e30
 
 # The FL-hyper-parameter ground truth: the quickstart's reference ConvNet under the 30-point
 # fedavg_grid (client lr × local epochs × batch), 2 seeds, 16 rounds; then its predictors.

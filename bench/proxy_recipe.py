@@ -17,10 +17,12 @@ recipe (``--set search.lr=0.03`` ...), and:
 3. lists every recipe on all candidates, as context (tuned on nothing, so each row's τ is an
    in-sample figure of a recipe someone *might* pick; the held-out rows are the claim).
 
-A run is ``LABEL=DIR``: ``DIR/proxies.csv`` must hold the truth and one DistDD score column
-(``distdd_e<epochs>``; name it as ``LABEL=DIR:COLUMN`` if there are several).
+``--best-of LABEL=A,B,...`` adds a per-candidate search over runs already given (each
+candidate's best score over them; its cost per candidate is their sum), e.g. a short lr search
+per candidate. A run is ``LABEL=DIR``: ``DIR/proxies.csv`` must hold the truth and one DistDD
+score column (``distdd_e<epochs>``; name it as ``LABEL=DIR:COLUMN`` if there are several).
 
-    python bench/proxy_recipe.py --out bench/data/proxy_directions/recipes.md \\
+    python bench/proxy_recipe.py --out bench/data/proxy_directions/recipes_lr.md \\
         --run "lr 0.01=/tmp/lr0.01" --run "lr 0.03=/tmp/lr0.03" --run "lr 0.1=/tmp/lr0.1"
 """
 
@@ -61,16 +63,20 @@ def read_run(spec: str) -> tuple[Recipe, pd.Series]:
     """``LABEL=DIR[:COLUMN]`` → (the recipe, the truth of its candidates).
 
     Raises:
-        RunError: No ``=``, no ``proxies.csv``, no or several ``distdd_e*`` columns.
+        RunError: No ``=``, no ``proxies.csv``, no or several ``distdd_e*`` columns, a column
+            (the score, its ``_bytes`` and ``_s``, ``truth``, ``candidate_id``) missing, or a
+            score that is not a number.
     """
     label, sep, where = spec.partition("=")
     if not sep or not label or not where:
         raise RunError(f"--run {spec!r} is not LABEL=DIR[:COLUMN]; e.g. --run 'lr 0.03=/tmp/a'")
-    directory, _, column = where.partition(":")
+    directory, colon, column = where.rpartition(":")
+    if not colon or "/" in column:  # no column named, or the colon is part of the path
+        directory, column = where, ""
     path = Path(directory) / "proxies.csv"
     if not path.is_file():
         raise RunError(f"--run {spec!r}: {path} does not exist; run bench/proxies.py on it first")
-    frame = pd.read_csv(path).set_index("candidate_id")
+    frame = pd.read_csv(path)
     found = [
         c for c in frame.columns if c.startswith("distdd_e") and not c.endswith(("_bytes", "_s"))
     ]
@@ -80,8 +86,16 @@ def read_run(spec: str) -> tuple[Recipe, pd.Series]:
             "name one as LABEL=DIR:COLUMN"
         )
     column = column or found[0]
-    if column not in frame.columns:
-        raise RunError(f"--run {spec!r}: {path} has no column {column!r} (it has {found})")
+    needed = ["candidate_id", "truth", column, f"{column}_bytes", f"{column}_s"]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise RunError(
+            f"--run {spec!r}: {path} has no column {missing[0]!r} (DistDD columns: {found}); "
+            "use a proxies.csv that bench/proxies.py wrote"
+        )
+    frame = frame.set_index("candidate_id")
+    if frame[[column, "truth"]].isna().any().any():
+        raise RunError(f"--run {spec!r}: {path} has empty {column!r} or truth values; re-run it")
     recipe = Recipe(
         label,
         frame[column].astype(float),
@@ -91,11 +105,38 @@ def read_run(spec: str) -> tuple[Recipe, pd.Series]:
     return recipe, frame["truth"].astype(float)
 
 
+def best_of(spec: str, recipes: Sequence[Recipe]) -> Recipe:
+    """``LABEL=A,B,...`` → a per-candidate lr search: each candidate's best score over the named
+    recipes (trained and scored under each, so the cost per candidate is their sum).
+
+    Raises:
+        RunError: No ``=``, fewer than two names, or a name no ``--run`` has.
+    """
+    label, sep, names = spec.partition("=")
+    parts = [n.strip() for n in names.split(",") if n.strip()]
+    if not sep or not label or len(parts) < 2:
+        raise RunError(f"--best-of {spec!r} is not LABEL=RUN,RUN[,...] (two --run labels or more)")
+    known = {r.label: r for r in recipes}
+    unknown = [n for n in parts if n not in known]
+    if unknown:
+        raise RunError(
+            f"--best-of {spec!r}: no --run is labelled {unknown[0]!r} (labels: {', '.join(known)})"
+        )
+    chosen = [known[n] for n in parts]
+    return Recipe(
+        label,
+        pd.concat([r.scores for r in chosen], axis=1).max(axis=1),
+        sum(r.mb_per_candidate for r in chosen),
+        sum(r.seconds_per_candidate for r in chosen),
+    )
+
+
 def pick(recipes: Sequence[Recipe], truth: pd.Series, ids: Sequence[str]) -> Recipe:
-    """The recipe with the best Kendall τ on ``ids`` (the first listed among equals)."""
+    """The recipe with the best Kendall τ on ``ids`` (the first listed among equals; a recipe
+    whose τ is undefined there, e.g. constant scores, ranks below every other)."""
     y = truth[ids].to_numpy()
     taus = [round(kendall_tau(r.scores[ids].to_numpy(), y), 12) for r in recipes]
-    return recipes[int(np.nanargmax(taus))]
+    return recipes[int(np.argmax(np.nan_to_num(taus, nan=-np.inf)))]
 
 
 def held_out_rows(
@@ -166,8 +207,14 @@ def report(
     recipes: Sequence[Recipe], truth: pd.Series, *, seed: int, splits: int, boot: int
 ) -> str:
     """The markdown this bench writes (without its heading and command line)."""
-    taus, picked = repeated_splits(recipes, truth, splits=splits, seed=seed)
-    lo, hi = np.percentile(taus, [5, 95])
+    everything, picked = repeated_splits(recipes, truth, splits=splits, seed=seed)
+    taus = everything[~np.isnan(everything)]  # undefined: the pick is constant on the half
+    undefined = (
+        f" ({len(everything) - len(taus)} undefined, left out)"
+        if len(taus) < len(everything)
+        else ""
+    )
+    lo, hi = np.percentile(taus, [5, 95]) if len(taus) else (np.nan, np.nan)
     counts = ", ".join(f"{label} {n}" for label, n in picked.most_common())
     return "\n".join(
         [
@@ -177,9 +224,10 @@ def report(
             markdown_table(pd.DataFrame(held_out_rows(recipes, truth, seed=seed, boot=boot))),
             "",
             f"Over {splits} more seeded splits (seeds {seed + 1}-{seed + splits}, both "
-            f"directions each, {len(taus)} selections): held-out τ of the picked recipe "
-            f"mean **{taus.mean():.2f}**, median {np.median(taus):.2f}, 5-95 % of selections "
-            f"[{lo:.2f}, {hi:.2f}]; picked: {counts}.",
+            f"directions each, {len(everything)} selections{undefined}): held-out τ of the "
+            f"picked recipe mean **{np.mean(taus):.2f}**, median {np.median(taus):.2f}, 5-95 % "
+            f"of selections [{lo:.2f}, {hi:.2f}] (a spread of overlapping splits, not a "
+            f"confidence interval); picked: {counts}.",
             "",
             "Every recipe on all candidates (in-sample context, not a claim):",
             "",
@@ -194,11 +242,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR[:COLUMN]")
+    parser.add_argument(
+        "--best-of",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN,RUN[,...]",
+        help="also a per-candidate search over these --run labels (each candidate's best score)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reported split")
     parser.add_argument("--splits", type=int, default=200, help="further splits to repeat on")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
+    labels = [spec.partition("=")[0] for spec in [*args.run, *args.best_of]]
+    twice = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if args.splits < 1 or twice:
+        problem = f"--splits {args.splits} < 1" if args.splits < 1 else f"label {twice[0]!r} twice"
+        print(f"proxy_recipe: error: {problem}; give each recipe its own label and splits >= 1",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         read = [read_run(spec) for spec in args.run]
     except RunError as err:
@@ -214,6 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
     recipes = [recipe for recipe, _ in read]
+    try:
+        recipes += [best_of(spec, recipes) for spec in args.best_of]
+    except RunError as err:
+        print(f"proxy_recipe: error: {err}", file=sys.stderr)
+        return 2
     text = "\n".join(
         [
             "# Proxy training recipes, picked on one half and reported on the other",
