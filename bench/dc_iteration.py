@@ -24,9 +24,13 @@ library sets a process-wide allocator policy (:mod:`distdd_nas.allocator`, calle
 ``run_distill`` and the CLI) that DC's code does not; the variants alternate (the order
 reverses every repeat). ``--attribution`` adds the plain loop with that allocator policy and
 the library without it (``DISTDD_NAS_MALLOC=default``), to show what each change buys;
-``--compiled`` the library with its opt-in torch.compile'd inner loop (``run_distill(...,
-compile=True)``; compiled in the warm-up); ``--baseline-tree`` the library's loop of that
-checkout (``baseline``). The target is product / plain ≤ 0.6.
+``--eager`` the library with its inner loop in eager PyTorch (``distill.compile = "off"``);
+``--baseline-tree`` the library's loop of that checkout (``baseline``). The product runs as a
+study of DC's configuration does: DC's 1,000 iterations take 450,000 inner-loop steps, so
+``distill.compile = "auto"`` compiles its inner loop (:mod:`distdd_nas.distill.compiled`); the
+one-off compilation happens in the warm-up, whose seconds are reported per variant (compiled
+minus eager: the compilation, to be spread over the run's 1,000 iterations). The target is
+product / plain ≤ 0.6.
 
 **Quickstart** (``studies/quickstart.toml``: 10 clients, Dirichlet 0.5, Fashion-MNIST
 max_train 12,000, ConvNet-32, ipc 10, batch_real 32, float16 uploads, FedSGD-like network
@@ -69,7 +73,7 @@ from distdd_nas.models import ArchSpec, build_model
 from distdd_nas.stages.on_engine import distill_on
 from distdd_nas.study import Study
 
-try:  # absent from older checkouts (the quickstart's --baseline-tree imports this file too)
+try:  # absent from older checkouts (the --baseline-tree runs import this file too)
     from distdd_nas.allocator import tune_malloc
     from distdd_nas.models.pooling import AvgPool2x2
 
@@ -86,17 +90,31 @@ HERE = Path(__file__).resolve().parents[1]
 ARCH = ArchSpec(depth=3, width=32)
 #: DC's ipc-10 configuration (outer 10, inner 50, batch_real 256; lr_img 0.1, lr_net 0.01).
 DC = DistillSection(ipc=10, iterations=1, outer_loop=10, inner_loop=50, batch_real=256)
+#: DC's whole run (1,000 iterations): what ``distill.compile = "auto"`` resolves for.
+DC_RUN = DC.model_copy(update={"iterations": 1000})
 
 
 Parts = dict[str, float]
 
 
+def dc_run_compiles() -> bool:
+    """Whether a study of :data:`DC_RUN` compiles its inner loop (``distill.compile`` auto)."""
+    try:
+        from distdd_nas.distill import compiles, resolve_loops
+    except ImportError:  # a --baseline-tree from before distill.compile: its loop is eager
+        return False
+    outer, inner = resolve_loops(DC_RUN)
+    return compiles(DC_RUN, outer=outer, inner=inner)
+
+
 def product_iteration(
-    train: ImageDataset, settings: DistillSection, seed: int, *, compile: bool = False
+    train: ImageDataset, settings: DistillSection, seed: int, *, compile: bool | None = None
 ) -> Parts:
     """Seconds of one iteration of the library's loop on one client holding ``train``:
     ``total`` and its parts ``real`` (the engine round: class gradients + aggregation),
-    ``match`` and ``inner`` (through torch.compile when ``compile``)."""
+    ``match`` and ``inner`` (through torch.compile when ``compile``; None: as a study of
+    :data:`DC_RUN` resolves ``distill.compile``)."""
+    compile = dc_run_compiles() if compile is None else compile
     engine = centralized_engine(train, np.arange(len(train)))
     result = run_distill(
         engine,
@@ -183,7 +201,7 @@ VARIANTS: dict[str, tuple[Callable[[ImageDataset, DistillSection, int], Parts], 
     "plain": (plain_dc_iteration, False),
     "plain+malloc": (plain_dc_iteration, True),
     "product-default-malloc": (product_iteration, False),
-    "product+compile": (functools.partial(product_iteration, compile=True), True),
+    "product-eager": (functools.partial(product_iteration, compile=False), True),
 }
 
 
@@ -194,8 +212,10 @@ def dc_child(variant: str, seed: int) -> dict[str, Any]:
     if tuned:
         tune_malloc()  # run_distill does it itself; the plain loop only for attribution
     train = load_dataset("fashion_mnist", seed=0).train
+    start = time.perf_counter()
     fn(train, DC.model_copy(update={"outer_loop": 2, "inner_loop": 1}), seed)
-    return {**fn(train, DC, seed), "package": distdd_nas.__file__}
+    warmup = time.perf_counter() - start
+    return {**fn(train, DC, seed), "warmup": warmup, "package": distdd_nas.__file__}
 
 
 def dc_in(variant: str, seed: int, args: argparse.Namespace) -> Parts:
@@ -217,7 +237,7 @@ def dc_comparison(args: argparse.Namespace) -> dict[str, Any]:
     """Alternating product and plain iterations at DC's configuration, one per process."""
     variants = ["product", "plain"]
     variants += ["plain+malloc", "product-default-malloc"] if args.attribution else []
-    variants += ["product+compile"] if args.compiled else []
+    variants += ["product-eager"] if args.eager else []
     variants += ["baseline"] if args.baseline_tree is not None else []
     times: dict[str, list[Parts]] = {name: [] for name in variants}
     for r in range(args.repeats):
@@ -230,7 +250,7 @@ def dc_comparison(args: argparse.Namespace) -> dict[str, Any]:
             )
     out: dict[str, Any] = {"times": times}
     for name, items in times.items():
-        for part in ("total", "real", "match", "inner"):
+        for part in ("total", "real", "match", "inner", "warmup"):
             out[f"{name}_{part}_s"] = statistics.median(x[part] for x in items)
     return out
 
@@ -297,7 +317,16 @@ def show(
             print(
                 f"  {name}: total {dc[f'{name}_total_s']:.2f} s = real "
                 f"{dc[f'{name}_real_s']:.2f} + match {dc[f'{name}_match_s']:.2f} + inner "
-                f"{dc[f'{name}_inner_s']:.2f}"
+                f"{dc[f'{name}_inner_s']:.2f}; warm-up {dc[f'{name}_warmup_s']:.1f} s"
+            )
+        if "product-eager_total_s" in dc:
+            once = dc["product_warmup_s"] - dc["product-eager_warmup_s"]
+            spread = (dc["product_total_s"] * 1000 + once) / 1000
+            print(
+                f"  the product compiles (distill.compile auto at DC's 1,000 iterations): "
+                f"one-off ≈ {once:.1f} s (warm-ups, compiled − eager); spread over the run, "
+                f"{spread:.2f} s an iteration → ratio {spread / dc['plain_total_s']:.2f}; "
+                f"eager: ratio {dc['product-eager_total_s'] / dc['plain_total_s']:.2f}"
             )
     if quick is not None:
         line = (
@@ -334,10 +363,9 @@ def parse_args() -> argparse.Namespace:
         "without it",
     )
     p.add_argument(
-        "--compiled",
+        "--eager",
         action="store_true",
-        help="also time the library with its opt-in torch.compile'd inner loop (run_distill("
-        "compile=True); the compilation happens in the warm-up iteration)",
+        help='also time the library with its inner loop eager (distill.compile = "off")',
     )
     p.add_argument("--quick-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dc-child", choices=list(VARIANTS), help=argparse.SUPPRESS)

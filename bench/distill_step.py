@@ -36,12 +36,12 @@ from distdd_nas.config import DistillSection
 from distdd_nas.data import ImageDataset, load_dataset, make_partitioner
 from distdd_nas.distill import resolve_loops, run_distill
 from distdd_nas.distill.client import GRADIENT_PATHS, GradientPath, class_gradients_with
+from distdd_nas.distill.compiled import make_grad_fn
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.server import (
     aggregate_class_gradients,
     batch_shares,
     init_noise,
-    make_grad_fn,
     match_loss,
     train_net_on_synthetic,
 )

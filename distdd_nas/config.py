@@ -202,6 +202,10 @@ class DistillSection(Section):
     lr_net: float = _lr(0.01)
     distance: Literal["layerwise_cosine", "mse", "cosine"] = "layerwise_cosine"
     net_update: Literal["synthetic", "global_grad"] = "synthetic"
+    # torch.compile for the synthetic inner loop: "auto" compiles when the run takes enough
+    # inner-loop steps to pay for the one-off compilation (distdd_nas.distill.compiled); dumped
+    # only if not "auto", so earlier fingerprints hold.
+    compile: Literal["auto", "on", "off"] = Field(default="auto", exclude_if=lambda v: v == "auto")
     init: Literal["noise", "client_mean"] = "noise"
     # client_mean: a client sends a class's pixel sums only if it holds at least this many
     # images of it (with 1, a client holding one image of a class would send that image)

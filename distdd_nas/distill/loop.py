@@ -37,6 +37,7 @@ from distdd_nas.data import ImageDataset
 from distdd_nas.distill.census import ClassCensus, census
 from distdd_nas.distill.checkpoint import Checkpointer, DistillState
 from distdd_nas.distill.codec import RowCodec, wire_config
+from distdd_nas.distill.compiled import GradFn, compiles, make_grad_fn
 from distdd_nas.distill.evaluate import evaluate_synthetic
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.privacy import privacy_budget
@@ -45,14 +46,12 @@ from distdd_nas.distill.server import (
     INITS,
     NET_UPDATES,
     Distance,
-    GradFn,
     aggregate_class_gradients,
     batch_shares,
     check_class_totals,
     check_settings,
-    dc_loops,
-    make_grad_fn,
     match_loss,
+    resolve_loops,
 )
 from distdd_nas.federation import Engine, Message, select_clients
 from distdd_nas.federation.message import Scalar
@@ -97,15 +96,6 @@ class _Run:
     privacy: dict[str, float]
 
 
-def resolve_loops(settings: DistillSection) -> tuple[int, int]:
-    """(outer_loop, inner_loop): the settings where given, else DC's table for ``ipc``."""
-    outer, inner = dc_loops(settings.ipc)
-    return (
-        settings.outer_loop or outer,
-        inner if settings.inner_loop is None else settings.inner_loop,
-    )
-
-
 def run_distill(
     engine: Engine,
     *,
@@ -115,7 +105,7 @@ def run_distill(
     settings: DistillSection,
     seed: int,
     fraction: float = 1.0,
-    compile: bool = False,
+    compile: bool | None = None,
     test: ImageDataset | None = None,
     on_iteration: Callable[[dict[str, float]], None] | None = None,
     quorum: Quorum = DEFAULT_QUORUM,
@@ -129,7 +119,9 @@ def run_distill(
         input_shape, num_classes: (C, H, W) of the images; classes (``ipc`` images each).
         settings: The ``[distill]`` section.
         seed: Root seed: initial images, every θ0, client batches and client selection.
-        fraction, compile: Clients selected per step; the inner loop through torch.compile.
+        fraction: Clients selected per step.
+        compile: The inner loop through torch.compile (None: as ``settings.compile`` resolves,
+            :func:`~distdd_nas.distill.compiled.compiles`).
         test: Server test set for accuracy checkpoints every ``settings.eval_every``.
         on_iteration: Called with each history row (progress bars).
         quorum: Replies a step needs before it is re-sent or skipped (images unchanged).
@@ -147,6 +139,7 @@ def run_distill(
     check_settings(settings)
     tune_malloc()  # no page faults on every step's activations (distdd_nas.allocator)
     outer, inner = resolve_loops(settings)
+    compile = compiles(settings, outer=outer, inner=inner) if compile is None else compile
     privacy = privacy_budget(settings, steps=settings.iterations * outer)  # before the census
     state, start = _begin(
         engine, settings, checkpoint, num_classes=num_classes, shape=input_shape, seed=seed,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import cast
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from distdd_nas.config import DistillSection
 from distdd_nas.distill.codec import GRAD_DTYPES, DecodeError, RowCodec
+from distdd_nas.distill.compiled import GradFn
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation.aggregators import (
@@ -56,6 +56,15 @@ def dc_loops(ipc: int) -> tuple[int, int]:
     (_, inner_low), (_, inner_high) = DC_LOOPS[low], DC_LOOPS[high]
     inner = inner_low + (inner_high - inner_low) * (ipc - low) / (high - low)
     return ipc, int(np.floor(inner + 0.5))
+
+
+def resolve_loops(settings: DistillSection) -> tuple[int, int]:
+    """(outer_loop, inner_loop): the settings where given, else DC's table for ``ipc``."""
+    outer, inner = dc_loops(settings.ipc)
+    return (
+        settings.outer_loop or outer,
+        inner if settings.inner_loop is None else settings.inner_loop,
+    )
 
 
 def check_settings(settings: DistillSection) -> None:
@@ -308,32 +317,6 @@ def match_loss(
     return loss
 
 
-GradFn = Callable[[Sequence[torch.Tensor], torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
-
-
-def make_grad_fn(template: nn.Module, *, compiled: bool) -> GradFn | None:
-    """A compiled ``(params, x, y) → ∇ mean CE`` for networks shaped like ``template``.
-
-    torch.compile fuses the memory-bound norm/activation/pooling passes that dominate DC's inner
-    loop on a CPU (about 2× faster per step for ConvNet-32 on Fashion-MNIST, measured in
-    bench/distill_step.py), at a one-off compile cost of tens of seconds per process (less with
-    a warm inductor cache). The parameters are inputs, so one compilation serves every freshly
-    initialised network of a run. Returns None (use eager PyTorch) when ``compiled`` is false or
-    the network has buffers (BatchNorm running statistics would be updated on the template).
-    """
-    if not compiled or any(True for _ in template.buffers()):
-        return None
-    names = [n for n, p in template.named_parameters() if p.requires_grad]
-
-    def grads(
-        params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor
-    ) -> Sequence[torch.Tensor]:
-        logits = torch.func.functional_call(template, dict(zip(names, params, strict=True)), (x,))
-        return torch.autograd.grad(F.cross_entropy(logits, y), params)
-
-    return cast(GradFn, torch.compile(grads))
-
-
 def train_net_on_synthetic(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -347,8 +330,8 @@ def train_net_on_synthetic(
 ) -> None:
     """DC's inner loop: ``steps`` epochs of SGD on the (detached) synthetic set, shuffled.
 
-    ``grad_fn`` (from :func:`make_grad_fn`) computes the batch gradients instead of eager
-    autograd; the optimizer step is the same.
+    ``grad_fn`` (from :func:`~distdd_nas.distill.compiled.make_grad_fn`) computes the batch
+    gradients instead of eager autograd; the optimizer step is the same.
     """
     x, y = images.detach(), labels
     n = len(y)

@@ -13,6 +13,7 @@ import torch
 
 from distdd_nas.artifacts import write_atomic
 from distdd_nas.config import StudyConfig, fingerprint
+from distdd_nas.distill import compiles, resolve_loops
 
 
 class Progress(Protocol):
@@ -39,14 +40,16 @@ def distilled_fingerprint(config: StudyConfig, *, extra: object = None) -> str:
     """What a distilled set depends on: the federation, the model and the ``distill`` settings
     except its evaluation protocol (``distill.eval`` shapes the distill stage's report, not the
     set), so changing how the set is evaluated neither re-distils nor renames a search; and
-    torch's intra-op thread count (``--threads``), which changes float rounding and so the
-    bytes of the set."""
-    distill = config.distill.model_dump(mode="json", exclude={"eval"})
-    return fingerprint(
-        config,
-        (*PARTITION_SECTIONS, "model", "federation"),
-        extra={"distill": distill, "extra": extra, "threads": torch.get_num_threads()},
-    )
+    torch's intra-op thread count (``--threads``) and whether the inner loop is compiled
+    (``distill.compile`` as it resolves), which change float rounding and so the bytes of the
+    set. Only a compiled run adds the latter, so eager sets keep the keys they had before the
+    setting existed, and ``"auto"`` shares its key with what it resolves to."""
+    distill = config.distill.model_dump(mode="json", exclude={"eval", "compile"})
+    outer, inner = resolve_loops(config.distill)
+    parts = {"distill": distill, "extra": extra, "threads": torch.get_num_threads()}
+    if compiles(config.distill, outer=outer, inner=inner):
+        parts["compiled"] = True
+    return fingerprint(config, (*PARTITION_SECTIONS, "model", "federation"), extra=parts)
 
 
 @dataclass(frozen=True)
