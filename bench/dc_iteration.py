@@ -100,11 +100,10 @@ Parts = dict[str, float]
 def dc_run_compiles() -> bool:
     """Whether a study of :data:`DC_RUN` compiles its inner loop (``distill.compile`` auto)."""
     try:
-        from distdd_nas.distill import compiles, resolve_loops
+        from distdd_nas.distill import compiles
     except ImportError:  # a --baseline-tree from before distill.compile: its loop is eager
         return False
-    outer, inner = resolve_loops(DC_RUN)
-    return compiles(DC_RUN, outer=outer, inner=inner)
+    return compiles(DC_RUN)
 
 
 def product_iteration(

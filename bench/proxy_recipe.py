@@ -237,6 +237,30 @@ def report(
     )
 
 
+def load_recipes(args: argparse.Namespace) -> tuple[list[Recipe], pd.Series]:
+    """The ``--run`` and ``--best-of`` recipes and the truth they share.
+
+    Raises:
+        RunError: ``--splits`` below 1, a label given twice, a run :func:`read_run` or
+            :func:`best_of` rejects, or runs made on different tables.
+    """
+    labels = [spec.partition("=")[0] for spec in [*args.run, *args.best_of]]
+    twice = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if args.splits < 1 or twice:
+        problem = f"--splits {args.splits} < 1" if args.splits < 1 else f"label {twice[0]!r} twice"
+        raise RunError(f"{problem}; give each recipe its own label and splits >= 1")
+    read = [read_run(spec) for spec in args.run]
+    truth = read[0][1]
+    for (_, other), spec in zip(read, args.run, strict=True):
+        if not other.index.equals(truth.index) or not np.allclose(other, truth):
+            raise RunError(
+                f"--run {spec!r} has other candidates or truths than {args.run[0]!r}; every "
+                "run must be made on a copy of the same table"
+            )
+    recipes = [recipe for recipe, _ in read]
+    return recipes + [best_of(spec, recipes) for spec in args.best_of], truth
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; writes ``--out`` and prints it (exit 2 on a run it cannot read)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -254,30 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits", type=int, default=200, help="further splits to repeat on")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
-    labels = [spec.partition("=")[0] for spec in [*args.run, *args.best_of]]
-    twice = sorted({lab for lab in labels if labels.count(lab) > 1})
-    if args.splits < 1 or twice:
-        problem = f"--splits {args.splits} < 1" if args.splits < 1 else f"label {twice[0]!r} twice"
-        print(f"proxy_recipe: error: {problem}; give each recipe its own label and splits >= 1",
-              file=sys.stderr)  # fmt: skip
-        return 2
     try:
-        read = [read_run(spec) for spec in args.run]
-    except RunError as err:
-        print(f"proxy_recipe: error: {err}", file=sys.stderr)
-        return 2
-    truth = read[0][1]
-    for (_, other), spec in zip(read, args.run, strict=True):
-        if not other.index.equals(truth.index) or not np.allclose(other, truth):
-            print(
-                f"proxy_recipe: error: --run {spec!r} has other candidates or truths than "
-                f"{args.run[0]!r}; every run must be made on a copy of the same table",
-                file=sys.stderr,
-            )
-            return 2
-    recipes = [recipe for recipe, _ in read]
-    try:
-        recipes += [best_of(spec, recipes) for spec in args.best_of]
+        recipes, truth = load_recipes(args)
     except RunError as err:
         print(f"proxy_recipe: error: {err}", file=sys.stderr)
         return 2

@@ -16,13 +16,14 @@ first iteration, before its first checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distdd_nas.config import DistillSection
+from distdd_nas.distill.server import GradFn, resolve_loops
 from distdd_nas.errors import ConfigError
 
 #: Inner-loop SGD steps from which ``distill.compile = "auto"`` compiles. For ConvNet-32 at DC's
@@ -33,18 +34,18 @@ from distdd_nas.errors import ConfigError
 #: and short runs (the test and demo studies) keep eager PyTorch's immediate start.
 AUTO_COMPILE_STEPS = 10_000
 
-GradFn = Callable[[Sequence[torch.Tensor], torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
 
-
-def compiles(settings: DistillSection, *, outer: int, inner: int) -> bool:
-    """Whether a run with these settings (and resolved ``outer``/``inner`` loops) compiles its
-    inner loop: ``distill.compile`` when ``"on"``/``"off"``; for ``"auto"``, when the synthetic
-    inner loop runs at least :data:`AUTO_COMPILE_STEPS` steps (``iterations × (outer − 1) ×
-    inner``: DC skips the loop after an iteration's last matching step)."""
+def compiles(settings: DistillSection) -> bool:
+    """Whether a run with these settings compiles its inner loop: ``distill.compile`` when
+    ``"on"``/``"off"``; for ``"auto"``, when the synthetic inner loop runs at least
+    :data:`AUTO_COMPILE_STEPS` steps (``iterations × (outer − 1) × inner`` with the loops as
+    :func:`~distdd_nas.distill.server.resolve_loops` gives them: DC skips the loop after an
+    iteration's last matching step)."""
     if settings.compile != "auto":
         return settings.compile == "on"
     if settings.net_update != "synthetic":
         return False
+    outer, inner = resolve_loops(settings)
     return settings.iterations * max(outer - 1, 0) * inner >= AUTO_COMPILE_STEPS
 
 

@@ -37,7 +37,7 @@ from distdd_nas.data import ImageDataset
 from distdd_nas.distill.census import ClassCensus, census
 from distdd_nas.distill.checkpoint import Checkpointer, DistillState
 from distdd_nas.distill.codec import RowCodec, wire_config
-from distdd_nas.distill.compiled import GradFn, compiles, make_grad_fn
+from distdd_nas.distill.compiled import compiles, make_grad_fn
 from distdd_nas.distill.evaluate import evaluate_synthetic
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.privacy import privacy_budget
@@ -46,6 +46,7 @@ from distdd_nas.distill.server import (
     INITS,
     NET_UPDATES,
     Distance,
+    GradFn,
     aggregate_class_gradients,
     batch_shares,
     check_class_totals,
@@ -139,7 +140,7 @@ def run_distill(
     check_settings(settings)
     tune_malloc()  # no page faults on every step's activations (distdd_nas.allocator)
     outer, inner = resolve_loops(settings)
-    compile = compiles(settings, outer=outer, inner=inner) if compile is None else compile
+    compile = compiles(settings) if compile is None else compile
     privacy = privacy_budget(settings, steps=settings.iterations * outer)  # before the census
     state, start = _begin(
         engine, settings, checkpoint, num_classes=num_classes, shape=input_shape, seed=seed,

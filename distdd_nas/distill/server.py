@@ -17,7 +17,6 @@ from torch import nn
 
 from distdd_nas.config import DistillSection
 from distdd_nas.distill.codec import GRAD_DTYPES, DecodeError, RowCodec
-from distdd_nas.distill.compiled import GradFn
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.errors import ConfigError
 from distdd_nas.federation.aggregators import (
@@ -315,6 +314,11 @@ def match_loss(
         g_syn = torch.autograd.grad(F.cross_entropy(net(x), y), params, create_graph=True)
         loss = loss + distance(g_syn, split_like(target, params))
     return loss
+
+
+#: ``(params, x, y) → ∇ mean CE``: the inner loop's gradients from a compiled function instead
+#: of eager autograd (:func:`~distdd_nas.distill.compiled.make_grad_fn`).
+GradFn = Callable[[Sequence[torch.Tensor], torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
 
 
 def train_net_on_synthetic(

@@ -13,7 +13,7 @@ import torch
 
 from distdd_nas.artifacts import write_atomic
 from distdd_nas.config import StudyConfig, fingerprint
-from distdd_nas.distill import compiles, resolve_loops
+from distdd_nas.distill import compiles
 
 
 class Progress(Protocol):
@@ -45,9 +45,8 @@ def distilled_fingerprint(config: StudyConfig, *, extra: object = None) -> str:
     set. Only a compiled run adds the latter, so eager sets keep the keys they had before the
     setting existed, and ``"auto"`` shares its key with what it resolves to."""
     distill = config.distill.model_dump(mode="json", exclude={"eval", "compile"})
-    outer, inner = resolve_loops(config.distill)
     parts = {"distill": distill, "extra": extra, "threads": torch.get_num_threads()}
-    if compiles(config.distill, outer=outer, inner=inner):
+    if compiles(config.distill):
         parts["compiled"] = True
     return fingerprint(config, (*PARTITION_SECTIONS, "model", "federation"), extra=parts)
 

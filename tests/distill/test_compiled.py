@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from distdd_nas.config import DistillSection, load_config
 from distdd_nas.data import DatasetSplits
-from distdd_nas.distill import compiled, compiles, resolve_loops, run_distill
+from distdd_nas.distill import compiled, compiles, run_distill
 from distdd_nas.distill.compiled import AUTO_COMPILE_STEPS, make_grad_fn
 from distdd_nas.errors import ConfigError
 from distdd_nas.models import build_model
@@ -24,26 +24,21 @@ from tests.distill.conftest import TINY, iid_parts, make_engine
 DC = DistillSection(ipc=10, iterations=1000, outer_loop=10, inner_loop=50)
 
 
-def _compiles(settings: DistillSection) -> bool:
-    outer, inner = resolve_loops(settings)
-    return compiles(settings, outer=outer, inner=inner)
-
-
 def test_auto_compiles_long_synthetic_inner_loops_only() -> None:
-    assert _compiles(DC)  # 1000 × 9 × 50 = 450,000 inner steps
-    assert not _compiles(DC.model_copy(update={"net_update": "global_grad"}))  # no inner loop
-    assert not _compiles(DC.model_copy(update={"compile": "off"}))
-    assert _compiles(DC.model_copy(update={"iterations": 1, "compile": "on"}))
+    assert compiles(DC)  # 1000 × 9 × 50 = 450,000 inner steps
+    assert not compiles(DC.model_copy(update={"net_update": "global_grad"}))  # no inner loop
+    assert not compiles(DC.model_copy(update={"compile": "off"}))
+    assert compiles(DC.model_copy(update={"iterations": 1, "compile": "on"}))
     # the threshold by hand: iterations × (outer − 1) × inner steps
     steps = {"outer_loop": 5, "inner_loop": 10}  # 40 inner steps an iteration
     exact = -(-AUTO_COMPILE_STEPS // 40)  # the fewest iterations that reach it
-    assert _compiles(DC.model_copy(update={**steps, "iterations": exact}))
-    assert not _compiles(DC.model_copy(update={**steps, "iterations": exact - 1}))
-    assert not _compiles(DC.model_copy(update={**steps, "outer_loop": 1, "iterations": 10**6}))
+    assert compiles(DC.model_copy(update={**steps, "iterations": exact}))
+    assert not compiles(DC.model_copy(update={**steps, "iterations": exact - 1}))
+    assert not compiles(DC.model_copy(update={**steps, "outer_loop": 1, "iterations": 10**6}))
     # the shipped studies: the test study and the quickstart stay eager
     for name in ("smoke", "quickstart"):
         settings = load_config(name).distill
-        assert settings.compile == "auto" and not _compiles(settings), name
+        assert settings.compile == "auto" and not compiles(settings), name
 
 
 def test_compile_is_a_study_setting_and_auto_keeps_old_fingerprints() -> None:
@@ -54,7 +49,7 @@ def test_compile_is_a_study_setting_and_auto_keeps_old_fingerprints() -> None:
         load_config("smoke", ['distill.compile="yes"'])
 
 
-def test_the_cache_key_says_whether_the_inner_loop_compiles() -> None:
+def test_the_cache_key_says_whether_the_inner_loopcompiles() -> None:
     """Compiled and eager sets differ in rounding: the key follows the resolved decision, so
     "auto" shares the key of what it resolves to and an eager key is what it always was."""
     smoke = load_config("smoke")  # auto resolves to eager (920 inner steps)
