@@ -38,10 +38,15 @@ update): seconds per matching step = (``client_s + match_s + update_s``) / steps
 ``run_distill`` iteration of ``--quick-steps`` steps after a 2-step warm-up, each measurement
 in a fresh interpreter whose ``PYTHONPATH`` is this tree or ``--baseline-tree`` (e.g. a
 ``git worktree add /tmp/base ee29394``), alternating; target: the baseline's median ≥ 3× ours.
+``--floor`` alternates a third run with them: ``bench/step_floor.py``, the same arithmetic as
+this tree's step without its per-client, per-class split, at the fastest batch sizes — the
+least a step can take on this machine's kernels — and prints the target against it.
 
     git worktree add /tmp/base ee29394
     OMP_NUM_THREADS=1 python bench/dc_iteration.py --threads 1 --repeats 3 \\
         --quick-repeats 5 --baseline-tree /tmp/base --json /tmp/dc_iteration.json
+    OMP_NUM_THREADS=1 python bench/dc_iteration.py --threads 1 --skip-dc --floor \\
+        --quick-repeats 5 --baseline-tree /tmp/base
 """
 
 from __future__ import annotations
@@ -276,16 +281,33 @@ def quick_in(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def floor_in(args: argparse.Namespace) -> dict[str, Any]:
+    """``bench/step_floor.py``'s floor of this tree's quickstart step, in a fresh interpreter."""
+    cmd = [sys.executable, str(HERE / "bench" / "step_floor.py"), "--json"]
+    cmd += ["--threads", str(args.threads), "--repeats", "3"]
+    env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(cmd, cwd=HERE, env=env, check=True, capture_output=True, text=True)
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"step_s": r["floor_s"], "client_s": r["client"]["s"], "match_s": r["match"]["s"]}
+
+
 def quick_comparison(args: argparse.Namespace) -> dict[str, Any]:
-    """This tree's and the baseline tree's seconds per quickstart step, alternating."""
+    """This tree's and the baseline tree's seconds per quickstart step (and, with ``--floor``,
+    the step's floor), alternating."""
     trees = {"now": HERE}
     if args.baseline_tree is not None:
         trees["baseline"] = args.baseline_tree.resolve()
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        name: functools.partial(quick_in, tree, args) for name, tree in trees.items()
+    }
+    if args.floor:
+        runs["floor"] = functools.partial(floor_in, args)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     for r in range(args.quick_repeats):
-        for name in sorted(trees, reverse=r % 2 == 1):
-            rows[name].append(quick_in(trees[name], args))
-            assert rows[name][-1]["package"].startswith(str(trees[name])), rows[name][-1]
+        for name in sorted(runs, reverse=r % 2 == 1):
+            rows[name].append(runs[name]())
+            if name in trees:
+                assert rows[name][-1]["package"].startswith(str(trees[name])), rows[name][-1]
             print(f"  quickstart, repeat {r + 1}, {name}: {rows[name][-1]['step_s']:.3f} s/step")
     out: dict[str, Any] = {"rows": rows, "trees": {k: str(v) for k, v in trees.items()}}
     for name, items in rows.items():
@@ -341,6 +363,16 @@ def show(
                 f"{speedup:.2f}× faster (target ≥ 3: {'met' if speedup >= 3 else 'NOT met'})"
             )
         print(line)
+        if "floor_step_s" in quick and "baseline_step_s" in quick:
+            target = quick["baseline_step_s"] / 3
+            print(
+                f"  floor of the step's arithmetic on these kernels (bench/step_floor.py): "
+                f"{quick['floor_step_s']:.3f} s (client {quick['floor_client_s']:.3f}, match "
+                f"{quick['floor_match_s']:.3f}) = {quick['floor_step_s'] / target:.2f}× the "
+                f"target (baseline / 3 = {target:.3f} s: "
+                f"{'above' if target >= quick['floor_step_s'] else 'below'} the floor); now "
+                f"= {quick['now_step_s'] / quick['floor_step_s']:.2f}× the floor"
+            )
 
 
 def parse_args() -> argparse.Namespace:
@@ -365,6 +397,11 @@ def parse_args() -> argparse.Namespace:
         "--eager",
         action="store_true",
         help='also time the library with its inner loop eager (distill.compile = "off")',
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time bench/step_floor.py's floor of the quickstart step (same threads)",
     )
     p.add_argument("--quick-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dc-child", choices=list(VARIANTS), help=argparse.SUPPRESS)
