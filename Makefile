@@ -83,7 +83,7 @@ groundtruth: setup
 
 # Every cheap proxy against the ground truth (the DistDD proxy at the study's 30 epochs and at
 # 100), then the search cost at equal quality, replayed for the study's own proxy. The committed
-# proxies.md and search_cost.md are of the study before its proxy changed (README, "Evidence").
+# proxies.md and search_cost.md were made by this target (README, "Evidence").
 evidence: setup
 	$(PY) bench/proxies.py --study studies/quickstart.toml --table bench/data/quickstart \
 	  --cache artifacts --threads 1 --epochs-long 100
