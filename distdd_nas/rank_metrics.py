@@ -52,6 +52,75 @@ def spearman_rho(proxy: Any, federated: Any) -> float:
     return _correlation(stats.spearmanr, proxy, federated)
 
 
+#: Most pair differences one chunk of :func:`kendall_tau_rows` holds (rows × N(N − 1)/2).
+PAIR_CHUNK = 2_000_000
+
+
+def _rows(proxy: Any, federated: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as B × N float arrays of one shape."""
+    x = np.asarray(proxy, dtype=float)
+    y = np.asarray(federated, dtype=float)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ConfigError(
+            f"row-wise rank metrics take two B × N arrays of one shape, got {x.shape} and "
+            f"{y.shape}"
+        )
+    return x, y
+
+
+def kendall_tau_rows(proxy: Any, federated: Any) -> np.ndarray:
+    """:func:`kendall_tau` of every row pair of two B × N arrays (bootstrap resamples), at once.
+
+    The same counts as scipy's τ-b — concordant minus discordant pairs, pairs untied in each
+    input — and its formula ``(C − D) / √(untied x) / √(untied y)`` clipped to [−1, 1], so every
+    value equals ``kendall_tau(proxy[i], federated[i])`` bit for bit (NaN with < 2 points or a
+    constant row). Pairs are formed in chunks of rows (:data:`PAIR_CHUNK` differences).
+    """
+    x, y = _rows(proxy, federated)
+    b, n = x.shape
+    out = np.full(b, np.nan)
+    i, j = np.triu_indices(n, k=1)
+    if len(i) == 0:
+        return out
+    step = max(1, PAIR_CHUNK // len(i))
+    for lo in range(0, b, step):
+        sx = np.sign(x[lo : lo + step, i] - x[lo : lo + step, j])
+        sy = np.sign(y[lo : lo + step, i] - y[lo : lo + step, j])
+        con_minus_dis = (sx * sy).sum(axis=1)
+        untied_x = np.count_nonzero(sx, axis=1)
+        untied_y = np.count_nonzero(sy, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau = con_minus_dis / np.sqrt(untied_x) / np.sqrt(untied_y)
+        tau = np.where((untied_x == 0) | (untied_y == 0), np.nan, np.clip(tau, -1.0, 1.0))
+        out[lo : lo + step] = tau
+    return out
+
+
+def spearman_rho_rows(proxy: Any, federated: Any) -> np.ndarray:
+    """:func:`spearman_rho` of every row pair of two B × N arrays, at once: Pearson's r of
+    the rows' average ranks, scipy's definition; equal to scipy's values to float rounding
+    (the sums run in another order). NaN with < 2 points or a constant row."""
+    x, y = _rows(proxy, federated)
+    if x.shape[1] < 2:
+        return np.full(x.shape[0], np.nan)
+    rx = stats.rankdata(x, axis=1)
+    ry = stats.rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    scale = np.sqrt((rx * rx).sum(axis=1)) * np.sqrt((ry * ry).sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (rx * ry).sum(axis=1) / scale
+    return np.where(scale == 0, np.nan, np.clip(rho, -1.0, 1.0))
+
+
+#: The row-wise form of a metric, where one exists (:func:`distdd_nas.evidence.statistics.
+#: bootstrap_interval` uses it for its resamples).
+ROWWISE: dict[Callable[..., float], Callable[..., np.ndarray]] = {
+    kendall_tau: kendall_tau_rows,
+    spearman_rho: spearman_rho_rows,
+}
+
+
 def top1_regret(proxy: Any, federated: Any) -> float:
     """Best FedAvg accuracy among the validated minus that of the proxy's top-1 (ties in the
     proxy score go to the first candidate). NaN when nothing was validated."""
@@ -73,4 +142,12 @@ def topk_overlap(proxy: Any, federated: Any, k: int) -> float:
     return len(a & b) / k
 
 
-__all__ = ["kendall_tau", "spearman_rho", "top1_regret", "topk_overlap"]
+__all__ = [
+    "ROWWISE",
+    "kendall_tau",
+    "kendall_tau_rows",
+    "spearman_rho",
+    "spearman_rho_rows",
+    "top1_regret",
+    "topk_overlap",
+]

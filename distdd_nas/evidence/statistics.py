@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 
 from distdd_nas.errors import ConfigError
-from distdd_nas.rank_metrics import kendall_tau, spearman_rho, top1_regret, topk_overlap
+from distdd_nas.rank_metrics import (
+    ROWWISE,
+    kendall_tau,
+    kendall_tau_rows,
+    spearman_rho,
+    top1_regret,
+    topk_overlap,
+)
 from distdd_nas.seeding import numpy_rng
 
 #: Default bootstrap resamples, confidence level and top-k.
@@ -145,6 +152,7 @@ def bootstrap_interval(
     resamples: np.ndarray,
     *,
     confidence: float = CONFIDENCE,
+    rowwise: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Interval:
     """Point estimate of ``metric(x, y)`` and its percentile interval over ``resamples``.
 
@@ -153,9 +161,16 @@ def bootstrap_interval(
         x, y: Proxy scores and truth of the candidates.
         resamples: B × N candidate indices (rows drawn with replacement).
         confidence: Coverage (0.9: the 5th and 95th percentiles).
+        rowwise: ``metric`` of every resample at once (B × N …, B × N → B values); default
+            :data:`~distdd_nas.rank_metrics.ROWWISE`'s entry for ``metric``, else one call per
+            resample. τ and ρ row-wise are ~10× faster than 2,000 scipy calls.
     """
     point = metric(x, y)
-    values = np.array([metric(x[idx], y[idx]) for idx in resamples], dtype=float)
+    rows = rowwise or ROWWISE.get(metric)
+    if rows is not None:
+        values = np.asarray(rows(x[resamples], y[resamples]), dtype=float)
+    else:
+        values = np.array([metric(x[idx], y[idx]) for idx in resamples], dtype=float)
     valid = int(np.isfinite(values).sum())
     if valid == 0:
         return Interval(point, math.nan, math.nan, 0)
@@ -257,7 +272,12 @@ def tau_difference(
     def delta(ab: np.ndarray, t: np.ndarray) -> float:  # rows: candidates; columns: a, b
         return kendall_tau(ab[:, 0], t) - kendall_tau(ab[:, 1], t)
 
-    return bootstrap_interval(delta, np.column_stack([a, b]), y, resamples, confidence=confidence)
+    def deltas(ab: np.ndarray, t: np.ndarray) -> np.ndarray:  # B resamples × candidates × 2
+        return kendall_tau_rows(ab[..., 0], t) - kendall_tau_rows(ab[..., 1], t)
+
+    return bootstrap_interval(
+        delta, np.column_stack([a, b]), y, resamples, confidence=confidence, rowwise=deltas
+    )
 
 
 def better_half(truth: Any) -> np.ndarray:

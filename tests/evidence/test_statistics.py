@@ -7,15 +7,19 @@ import math
 import numpy as np
 import pytest
 
+from distdd_nas import rank_metrics
 from distdd_nas.errors import ConfigError
 from distdd_nas.evidence.statistics import (
     Interval,
     better_half,
+    bootstrap_interval,
     proxy_evidence,
     ranking_evidence,
+    tau_difference,
     top1_regret,
     topk_overlap,
 )
+from distdd_nas.rank_metrics import kendall_tau, kendall_tau_rows, spearman_rho, spearman_rho_rows
 from distdd_nas.seeding import numpy_rng
 
 
@@ -152,3 +156,53 @@ def test_tau_interval_equals_ranking_evidences_tau() -> None:
         full.high,
         full.valid,
     )
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 40])
+def test_rowwise_tau_and_rho_equal_scipy_on_every_resample(n: int) -> None:
+    """The vectorised τ-b equals one scipy call per resample bit for bit, ρ to rounding — ties
+    (values rounded to one decimal, repeated candidates) and constant rows (NaN) included."""
+    rng = np.random.default_rng(n)
+    x, y = np.round(rng.normal(size=n), 1), np.round(rng.normal(size=n), 1)
+    idx = rng.integers(0, n, size=(300, n))
+    xs, ys = x[idx], y[idx]
+    xs[0] = 1.0  # a constant proxy row: undefined in both
+    tau = kendall_tau_rows(xs, ys)
+    np.testing.assert_array_equal(tau, [kendall_tau(a, b) for a, b in zip(xs, ys, strict=True)])
+    rho = spearman_rho_rows(xs, ys)
+    expected = np.array([spearman_rho(a, b) for a, b in zip(xs, ys, strict=True)])
+    np.testing.assert_allclose(rho, expected, rtol=0, atol=1e-12)
+    assert np.isnan(tau[0]) and np.isnan(rho[0])
+
+
+def test_rowwise_tau_by_hand_and_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One discordant pair of six → τ 4/6 in every row, however the rows are chunked."""
+    monkeypatch.setattr(rank_metrics, "PAIR_CHUNK", 7)  # one row (6 pairs) per chunk
+    x = np.tile([1.0, 2.0, 3.0, 4.0], (5, 1))
+    y = np.tile([1.0, 3.0, 2.0, 4.0], (5, 1))
+    tau = kendall_tau_rows(x, y)
+    assert tau == pytest.approx([4 / 6] * 5, abs=1e-15)
+    assert tau.tolist() == [kendall_tau(x[0], y[0])] * 5
+    with pytest.raises(ConfigError, match="two B × N arrays"):
+        kendall_tau_rows(x, y[:, :3])
+
+
+def test_bootstrap_interval_rowwise_equals_the_per_resample_loop() -> None:
+    """The fast path gives the interval the slow path (one metric call per resample) gives;
+    the paired τ difference too."""
+    rng = np.random.default_rng(5)
+    x, y, z = rng.normal(size=(3, 25))
+    resamples = rng.integers(0, 25, size=(400, 25))
+    for metric in (kendall_tau, spearman_rho):
+        fast = bootstrap_interval(metric, x, y, resamples)
+        slow = bootstrap_interval(lambda a, b, m=metric: m(a, b), x, y, resamples)
+        assert fast.point == slow.point and fast.valid == slow.valid
+        np.testing.assert_allclose([fast.low, fast.high], [slow.low, slow.high], atol=1e-12)
+    paired = tau_difference(x, z, y, seed=3, boot=300)
+    loop = bootstrap_interval(
+        lambda ab, t: kendall_tau(ab[:, 0], t) - kendall_tau(ab[:, 1], t),
+        np.column_stack([x, z]),
+        y,
+        numpy_rng(3, "evidence", "bootstrap", "paired").integers(0, 25, size=(300, 25)),
+    )
+    assert (paired.point, paired.low, paired.high) == (loop.point, loop.low, loop.high)
