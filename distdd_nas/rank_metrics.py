@@ -17,14 +17,15 @@ from scipy import stats
 from distdd_nas.errors import ConfigError
 
 
-def _pair(proxy: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Both inputs as 1-D float arrays of one length."""
+def _pair(proxy: Any, truth: Any, *, ndim: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as float arrays of one shape: 1-D (one ranking) or B × N (``ndim`` 2: one
+    ranking per row)."""
     x = np.asarray(proxy, dtype=float)
     y = np.asarray(truth, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
+    if x.shape != y.shape or x.ndim != ndim:
+        what = "1-D arrays of the same length" if ndim == 1 else "B × N arrays of one shape"
         raise ConfigError(
-            f"proxy scores {x.shape} and FedAvg accuracies {y.shape} must be two "
-            "1-D arrays of the same length"
+            f"proxy scores {x.shape} and FedAvg accuracies {y.shape} must be two {what}"
         )
     return x, y
 
@@ -56,18 +57,6 @@ def spearman_rho(proxy: Any, federated: Any) -> float:
 PAIR_CHUNK = 2_000_000
 
 
-def _rows(proxy: Any, federated: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Both inputs as B × N float arrays of one shape."""
-    x = np.asarray(proxy, dtype=float)
-    y = np.asarray(federated, dtype=float)
-    if x.shape != y.shape or x.ndim != 2:
-        raise ConfigError(
-            f"row-wise rank metrics take two B × N arrays of one shape, got {x.shape} and "
-            f"{y.shape}"
-        )
-    return x, y
-
-
 def kendall_tau_rows(proxy: Any, federated: Any) -> np.ndarray:
     """:func:`kendall_tau` of every row pair of two B × N arrays (bootstrap resamples), at once.
 
@@ -76,7 +65,7 @@ def kendall_tau_rows(proxy: Any, federated: Any) -> np.ndarray:
     value equals ``kendall_tau(proxy[i], federated[i])`` bit for bit (NaN with < 2 points or a
     constant row). Pairs are formed in chunks of rows (:data:`PAIR_CHUNK` differences).
     """
-    x, y = _rows(proxy, federated)
+    x, y = _pair(proxy, federated, ndim=2)
     b, n = x.shape
     out = np.full(b, np.nan)
     i, j = np.triu_indices(n, k=1)
@@ -100,7 +89,7 @@ def spearman_rho_rows(proxy: Any, federated: Any) -> np.ndarray:
     """:func:`spearman_rho` of every row pair of two B × N arrays, at once: Pearson's r of
     the rows' average ranks, scipy's definition; equal to scipy's values to float rounding
     (the sums run in another order). NaN with < 2 points or a constant row."""
-    x, y = _rows(proxy, federated)
+    x, y = _pair(proxy, federated, ndim=2)
     if x.shape[1] < 2:
         return np.full(x.shape[0], np.nan)
     rx = stats.rankdata(x, axis=1)
