@@ -131,14 +131,13 @@ def _fastest(
     work: Callable[[int | None], object], sizes: tuple[int | None, ...], repeats: int
 ) -> dict[str, Any]:
     """Median seconds of ``work`` at every size, the fastest size and its FLOPs."""
-    seconds = {str(s or "all"): _timed(lambda s=s: work(s), repeats) for s in sizes}
+    seconds = {size: _timed(lambda size=size: work(size), repeats) for size in sizes}
     best = min(seconds, key=seconds.__getitem__)
-    size = None if best == "all" else int(best)
     return {
         "s": seconds[best],
-        "size": best,
-        "by_size": seconds,
-        "gflop": _flops(lambda: work(size)) / 1e9,
+        "size": str(best or "all"),
+        "by_size": {str(size or "all"): t for size, t in seconds.items()},
+        "gflop": _flops(lambda: work(best)) / 1e9,
     }
 
 

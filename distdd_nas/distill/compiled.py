@@ -75,11 +75,12 @@ def make_grad_fn(template: nn.Module, *, compiled: bool) -> GradFn | None:
         return torch.autograd.grad(F.cross_entropy(logits, y), params)
 
     compiled_grads = torch.compile(grads)
-    worked: list[bool] = []
+    worked = False
 
     def checked(
         params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> Sequence[torch.Tensor]:
+        nonlocal worked
         if worked:
             return compiled_grads(params, x, y)
         try:
@@ -91,7 +92,7 @@ def make_grad_fn(template: nn.Module, *, compiled: bool) -> GradFn | None:
                 f"torch.compile failed here ({type(err).__name__}: {first_line}); set "
                 'distill.compile = "off" to train the inner loop eagerly'
             ) from err
-        worked.append(True)
+        worked = True
         return out
 
     return checked
