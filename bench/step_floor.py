@@ -27,8 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ from distdd_nas.allocator import tune_malloc
 from distdd_nas.config import load_config
 from distdd_nas.distill.matching import get_distance
 from distdd_nas.distill.server import batch_shares, split_like
+from distdd_nas.errors import ConfigError
 from distdd_nas.federation.engine import select_clients
 from distdd_nas.models import build_model
 from distdd_nas.seeding import torch_generator
@@ -141,10 +143,9 @@ def _fastest(
     }
 
 
-def floor(study_name: str = "quickstart", repeats: int = 5) -> dict[str, Any]:
-    """The floor of one matching step of ``study_name`` (module docstring), with its parts."""
+def floor(study: Study, repeats: int = 5) -> dict[str, Any]:
+    """The floor of one matching step of ``study`` (module docstring), with its parts."""
     tune_malloc()  # the product's allocator policy, as the step being bounded runs under
-    study = Study(load_config(study_name))
     train = study.federation.train
     settings = study.config.distill
     net = build_model(
@@ -189,17 +190,29 @@ def describe(result: dict[str, Any]) -> str:
     return f"step floor {result['floor_s']:.3f} s\n" + "\n".join(parts)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: prints the floor (exit 2, one line, on a study it cannot load or a count
+    below 1)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per batch size")
-    p.add_argument("--study", default="quickstart")
+    p.add_argument("--study", default="quickstart", help="a shipped study or a study file")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON line")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    try:
+        if args.threads < 1 or args.repeats < 1:
+            raise ConfigError(
+                f"--threads {args.threads} and --repeats {args.repeats} must both be >= 1"
+            )
+        study = Study(load_config(args.study))
+    except ConfigError as err:
+        print(f"step_floor: error: {err}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
-    result = floor(args.study, args.repeats)
+    result = floor(study, args.repeats)
     print(json.dumps(result) if args.json else describe(result))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

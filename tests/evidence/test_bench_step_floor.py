@@ -83,3 +83,19 @@ def test_real_images_per_step_is_every_held_image_when_shares_cover_whole_classe
     )
     held = sum(len(client.train_indices) for client in study.federation.clients)
     assert floor.real_images_per_step(study) == held
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--study", "no_such_study"], "study file 'no_such_study' not found"),
+        (["--study", "smoke", "--repeats", "0"], "--repeats 0 must both be >= 1"),
+        (["--study", "smoke", "--threads", "0"], "--threads 0 and"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _bench("step_floor").main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and message in err, err
